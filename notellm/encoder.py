@@ -1,0 +1,310 @@
+"""The NoteLLM note encoder: a causal LM that compresses a note into ``[EMB]``.
+
+Shared by training (which optimises it) and indexing (which embeds the corpus
+with it). Following NoteLLM (Zhang et al., WWW 2024, Sec. 3.3):
+
+* ``[EMB]`` is a new special token; its input embedding is initialised to the
+  mean of the existing input embeddings.
+* For a prompt whose ``[EMB]`` sits at position p, the note embedding is
+
+      n = normalize(W h_{p-1}),   W in R^{d x H} (bias-free), ||n||_2 = 1
+
+  where h_{p-1} is the final-layer hidden state at the position just before
+  ``[EMB]``. Causal attention means h_{p-1} does not depend on ``[EMB]`` or on
+  anything after it, so the training sequence (with output) and the inference
+  prompt (ending before ``[EMB]``) give the same vector.
+* The generation loss is token-level cross-entropy on the output tokens only
+  (labels != -100), computed by the LM head on those positions alone.
+
+Saved layout (:meth:`NoteEncoder.save`)::
+
+    <dir>/model.safetensors ...     Hugging Face causal LM (with [EMB] in the vocab)
+    <dir>/tokenizer*                tokenizer including [EMB]
+    <dir>/projection.safetensors    {"weight": W}  (d x H)
+    <dir>/notellm.json              side-car config (see EncoderConfig)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from notellm.prompts import EMB_TOKEN, PromptBuilder, PromptConfig
+
+SIDECAR = "notellm.json"
+PROJECTION_FILE = "projection.safetensors"
+SIDECAR_FORMAT = 1
+
+
+@dataclasses.dataclass
+class EncoderConfig:
+    """The side-car config the indexing step needs to reproduce embeddings."""
+
+    base_model: str = ""
+    dim: int = 128
+    template_version: str = "v1-paper"
+    max_title_tokens: int = 20
+    max_content_tokens: int = 80
+    emb_token: str = EMB_TOKEN
+    emb_token_id: int = -1
+    tau: float = 3.0
+    data_window: dict | None = None
+    model_id: str = ""
+    format: int = SIDECAR_FORMAT
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def prompt_config(self) -> PromptConfig:
+        return PromptConfig(self.template_version, self.max_title_tokens, self.max_content_tokens)
+
+    @classmethod
+    def from_json(cls, path: Path) -> "EncoderConfig":
+        data = json.loads(Path(path).read_text())
+        if data.get("format") != SIDECAR_FORMAT:
+            raise ValueError(f"{path}: side-car format {data.get('format')} not supported (expected {SIDECAR_FORMAT})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclasses.dataclass
+class EncoderOutput:
+    embeddings: torch.Tensor               # (batch, d), L2-normalised
+    gen_loss: torch.Tensor | None = None   # mean CE over output tokens, or None
+
+
+class NoteEncoder(nn.Module):
+    """Backbone LM + ``[EMB]`` read-out + bias-free projection."""
+
+    def __init__(self, lm, tokenizer, config: EncoderConfig, projection: nn.Linear | None = None):
+        super().__init__()
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.config = config
+        hidden = lm.config.hidden_size
+        self.projection = projection if projection is not None else nn.Linear(hidden, config.dim, bias=False)
+        self.prompts = PromptBuilder(tokenizer, config.prompt_config)
+
+    # ------------------------------------------------------------ build / load / save
+    @classmethod
+    def build(cls, backbone: str | os.PathLike, dim: int = 128, template_version: str = "v1-paper",
+              max_title_tokens: int = 20, max_content_tokens: int = 80, dtype=torch.float32,
+              seed: int = 0) -> "NoteEncoder":
+        """Start from a plain causal LM: add ``[EMB]`` (mean-initialised) and a fresh projection."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(backbone)
+        lm = AutoModelForCausalLM.from_pretrained(backbone, dtype=dtype)
+        if EMB_TOKEN not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [EMB_TOKEN]})
+        emb_id = tokenizer.convert_tokens_to_ids(EMB_TOKEN)
+        old_rows = lm.get_input_embeddings().weight.shape[0]
+        if emb_id >= old_rows:
+            with torch.no_grad():
+                mean = lm.get_input_embeddings().weight[:old_rows].mean(dim=0)
+            lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            with torch.no_grad():
+                lm.get_input_embeddings().weight[emb_id] = mean
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        config = EncoderConfig(base_model=str(backbone), dim=dim, template_version=template_version,
+                               max_title_tokens=max_title_tokens, max_content_tokens=max_content_tokens,
+                               emb_token_id=int(emb_id))
+        gen = torch.Generator().manual_seed(seed)
+        projection = nn.Linear(lm.config.hidden_size, dim, bias=False)
+        with torch.no_grad():
+            bound = 1.0 / np.sqrt(lm.config.hidden_size)
+            projection.weight.copy_(torch.empty_like(projection.weight).uniform_(-bound, bound, generator=gen))
+        return cls(lm, tokenizer, config, projection.to(dtype))
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike, dtype=torch.float32) -> "NoteEncoder":
+        """Load a directory written by :meth:`save` (weights from safetensors only)."""
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model_dir = Path(model_dir)
+        sidecar = model_dir / SIDECAR
+        if not sidecar.exists():
+            raise FileNotFoundError(f"{model_dir}: no {SIDECAR}; not a NoteLLM model directory")
+        config = EncoderConfig.from_json(sidecar)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
+        weight = load_file(str(model_dir / PROJECTION_FILE))["weight"]
+        if tuple(weight.shape) != (config.dim, lm.config.hidden_size):
+            raise ValueError(f"{model_dir / PROJECTION_FILE}: weight shape {tuple(weight.shape)} != "
+                             f"({config.dim}, {lm.config.hidden_size})")
+        projection = nn.Linear(lm.config.hidden_size, config.dim, bias=False)
+        with torch.no_grad():
+            projection.weight.copy_(weight)
+        if tokenizer.convert_tokens_to_ids(config.emb_token) != config.emb_token_id:
+            raise ValueError(f"{model_dir}: tokenizer's {config.emb_token} id differs from the side-car")
+        return cls(lm, tokenizer, config, projection.to(dtype))
+
+    def save(self, out_dir: str | os.PathLike, state_dict: dict | None = None, **sidecar_updates) -> Path:
+        """Write the HF directory, the projection and the side-car config.
+
+        ``state_dict`` may be given (e.g. weights gathered by DeepSpeed ZeRO-3)
+        with keys as in ``self.state_dict()`` (``lm.*`` and ``projection.*``).
+        The side-car's ``model_id`` is a digest of the saved weights.
+        """
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if state_dict is None:
+            lm_state, proj = None, self.projection.weight
+        else:
+            lm_state = {k[len("lm."):]: v for k, v in state_dict.items() if k.startswith("lm.")}
+            proj = state_dict["projection.weight"]
+        self.lm.save_pretrained(out_dir, state_dict=lm_state, safe_serialization=True)
+        self.tokenizer.save_pretrained(out_dir)
+        save_file({"weight": proj.detach().to(torch.float32).cpu().contiguous()}, str(out_dir / PROJECTION_FILE))
+        for key, value in sidecar_updates.items():
+            setattr(self.config, key, value)
+        self.config.model_id = weights_digest(out_dir)
+        tmp = out_dir / f".{SIDECAR}.tmp"
+        tmp.write_text(json.dumps(dataclasses.asdict(self.config), indent=2, sort_keys=True))
+        os.replace(tmp, out_dir / SIDECAR)
+        return out_dir
+
+    # ------------------------------------------------------------ forward
+    @property
+    def device(self) -> torch.device:
+        return self.projection.weight.device
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, emb_index: torch.Tensor,
+                labels: torch.Tensor | None = None) -> EncoderOutput:
+        """``emb_index[i]`` is the position of ``[EMB]`` in row i (or one past the
+        last prompt token at inference); the embedding is read at ``emb_index - 1``."""
+        base = self.lm.base_model
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        h = hidden[rows, emb_index - 1]
+        emb = F.normalize(self.projection(h.to(self.projection.weight.dtype)).float(), dim=-1)
+        gen_loss = None
+        if labels is not None:
+            # Position t predicts token t+1: only positions whose next token is
+            # an output token go through the LM head (saves the full-vocab matmul).
+            target = labels[:, 1:]
+            mask = target != -100
+            if mask.any():
+                logits = self.lm.get_output_embeddings()(hidden[:, :-1][mask])
+                gen_loss = F.cross_entropy(logits.float(), target[mask])
+            else:
+                gen_loss = hidden.sum() * 0.0
+        return EncoderOutput(emb, gen_loss)
+
+    # ------------------------------------------------------------ batching helpers
+    def collate(self, encoded: Sequence, with_labels: bool = True) -> dict:
+        """Right-pad a list of :class:`EncodedPrompt` into tensors (dynamic padding)."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width = max(len(e.input_ids) for e in encoded)
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+        for i, e in enumerate(encoded):
+            n = len(e.input_ids)
+            ids[i, :n] = torch.tensor(e.input_ids)
+            mask[i, :n] = 1
+            labels[i, :n] = torch.tensor(e.labels)
+        batch = {"input_ids": ids, "attention_mask": mask,
+                 "emb_index": torch.tensor([e.emb_index for e in encoded], dtype=torch.long)}
+        if with_labels:
+            batch["labels"] = labels
+        return batch
+
+    @torch.no_grad()
+    def embed_notes(self, notes: Iterable[Mapping], batch_size: int = 32, autocast_bf16: bool = False,
+                    sort_by_length: bool = True, progress=None) -> np.ndarray:
+        """Embed notes with the inference (category) prompt. Returns float32 (n, d).
+
+        Notes are sorted by token count and padded per batch, so little compute
+        is spent on padding; the output keeps the input order.
+        """
+        notes = list(notes)
+        encoded = [self.prompts.encode(n, task="category", with_output=False) for n in notes]
+        order = np.argsort([len(e.input_ids) for e in encoded], kind="stable") if sort_by_length \
+            else np.arange(len(encoded))
+        out = np.zeros((len(notes), self.config.dim), dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        device = self.device
+        try:
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                batch = self.collate([encoded[i] for i in idx], with_labels=False)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                    emb = self(**batch).embeddings
+                out[idx] = emb.float().cpu().numpy()
+                if progress is not None:
+                    progress(len(idx))
+        finally:
+            self.train(was_training)
+        return out
+
+    @torch.no_grad()
+    def generate(self, note: Mapping, task: str = "category", j: int = 3, max_new_tokens: int = 24,
+                 allowed_outputs: Sequence[str] | None = None) -> str:
+        """Generate the note's category (``task='category'``) or j hashtags.
+
+        With ``allowed_outputs`` (constrained mode) the answer is the allowed
+        string with the highest log-likelihood under the model, so it can only
+        be one of the known categories.
+        """
+        prompt = self.prompts.generation_prompt(note, task=task, j=j)
+        device = self.device
+        if allowed_outputs:
+            best, best_score = None, -float("inf")
+            for option in allowed_outputs:
+                out_ids = self.tokenizer(" " + option, add_special_tokens=False)["input_ids"]
+                ids = torch.tensor([prompt + out_ids], device=device)
+                logits = self.lm(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
+                score = torch.log_softmax(logits, -1).gather(1, torch.tensor(out_ids, device=device)[:, None]).sum()
+                if score.item() > best_score:
+                    best, best_score = option, score.item()
+            return best
+        ids = torch.tensor([prompt], device=device)
+        gen = self.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                               do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+                               eos_token_id=self.tokenizer.eos_token_id)
+        return self.tokenizer.decode(gen[0, len(prompt):], skip_special_tokens=True).strip()
+
+
+def weights_digest(model_dir: Path) -> str:
+    """Short id of a saved model: sha256 over its weight files (safetensors)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        digest.update(path.name.encode())
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def tiny_llama(out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike, hidden_size: int = 64,
+               layers: int = 2, heads: int = 4, seed: int = 0) -> Path:
+    """A small randomly initialised Llama with a real tokenizer, for fast tests
+    and the CI end-to-end run (the components are real; only the size is small)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
