@@ -87,6 +87,37 @@ EVENTS = _contract(
     "Behaviour events (click log), stored hive-partitioned by UTC day: events/dt=YYYY-MM-DD/*.parquet.",
 )
 
+# Landing forms: what producers drop before validation. Every column is a
+# nullable string (hashtags a nullable list of strings; times ISO-8601 text),
+# so malformed rows can exist here and be quarantined with a reason by the
+# validating step instead of failing a whole file.
+NOTES_LANDING = _contract(
+    "notes_landing",
+    1,
+    [
+        pa.field("note_id", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("content", pa.string()),
+        pa.field("hashtags", pa.list_(pa.string())),
+        pa.field("category", pa.string()),
+        pa.field("created_at", pa.string()),
+    ],
+    "Notes as dropped by producers, before validation (all nullable text).",
+)
+
+EVENTS_LANDING = _contract(
+    "events_landing",
+    1,
+    [
+        pa.field("user_id", pa.string()),
+        pa.field("note_id", pa.string()),
+        pa.field("event_type", pa.string()),
+        pa.field("event_time", pa.string()),
+    ],
+    "Click-log rows as dropped by producers, before validation (all nullable text; "
+    "event_time ISO-8601 with offset). Same day partitioning as events.",
+)
+
 # Event types. Synthetic/production click logs use impression/view/click;
 # public data maps engagement (ask/answer/comment/favourite/rate) onto events.
 EVENT_TYPES = ("impression", "view", "click", "ask", "answer", "comment", "favourite", "rate")
@@ -168,7 +199,7 @@ def embeddings_contract(dim: int) -> Contract:
     )
 
 
-CONTRACTS = {c.name: c for c in (NOTES, EVENTS, PAIRS, POOL, RELATED_LINKS, QUARANTINE, IDS)}
+CONTRACTS = {c.name: c for c in (NOTES, EVENTS, NOTES_LANDING, EVENTS_LANDING, PAIRS, POOL, RELATED_LINKS, QUARANTINE, IDS)}
 
 
 # --------------------------------------------------------------------------
