@@ -1,0 +1,146 @@
+"""Settings and helpers shared by the NoteLLM DAGs.
+
+Kept cheap to import: the DAG processor parses this file often, so nothing
+here touches the metadata database, a connection, torch or Spark at import
+time. Tasks call the pipeline stages through their command lines
+(:func:`run_stage`), so the Airflow worker needs only the `airflow` extra and
+each stage can run on its own hardware.
+
+Configuration (read at task run time, first hit wins):
+
+* Airflow Variable ``notellm_root`` / environment ``NOTELLM_ROOT``: the data
+  root (notes, events, pairs, models, embeddings, index).
+* Environment ``NOTELLM_PYTHON``: the interpreter that has the stage extras
+  installed (default: the worker's own).
+* Environment ``NOTELLM_RETRY_DELAY_SECONDS``: retry delay (default 300).
+* Connection ``spark_default`` (type spark): the Spark master; ``local[*]``
+  when defined as ``{"conn_type": "spark", "host": "local[*]"}``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from airflow.sdk import Asset
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = os.environ.get("NOTELLM_ROOT", str(REPO / "var" / "pipeline"))
+
+# Assets: static URIs; the concrete partition / model / snapshot travels in the event extra.
+PAIRS_ASSET = Asset(name="notellm_pairs", uri=f"file://{DEFAULT_ROOT}/pairs")
+MODEL_ASSET = Asset(name="notellm_model", uri=f"file://{DEFAULT_ROOT}/models/APPROVED.json")
+INDEX_ASSET = Asset(name="notellm_index", uri=f"file://{DEFAULT_ROOT}/index/CURRENT")
+
+GATE_FAILED_EXIT = 3  # stages exit with this code when a quality gate refuses; not worth a retry
+
+DEFAULT_ARGS = {
+    "owner": "notellm",
+    "retries": 2,
+    "retry_delay": dt.timedelta(seconds=int(os.environ.get("NOTELLM_RETRY_DELAY_SECONDS", "300"))),
+    "retry_exponential_backoff": False,
+}
+
+# Template used by operator arguments (rendered at run time, not parse time).
+ROOT_TEMPLATE = "{{ var.value.get('notellm_root', '" + DEFAULT_ROOT + "') }}"
+
+
+def data_root() -> Path:
+    """The data root at task run time (Variable, then environment, then default)."""
+    from airflow.sdk import Variable
+
+    try:
+        value = Variable.get("notellm_root", default=None)
+    except Exception:  # no metadata DB reachable (e.g. plain unit use): fall back
+        value = None
+    return Path(value or os.environ.get("NOTELLM_ROOT") or DEFAULT_ROOT)
+
+
+def paths(root: Path | None = None) -> dict[str, Path]:
+    root = Path(root or data_root())
+    return {
+        "root": root,
+        "notes": root / "notes" / "notes.parquet",
+        "events": root / "events",
+        "pairs": root / "pairs",
+        "pairs_quarantine": root / "quarantine" / "pairs",
+        "splits": root / "splits",
+        "models": root / "models",
+        "embeddings": root / "embeddings",
+        "index": root / "index",
+    }
+
+
+def python() -> str:
+    return os.environ.get("NOTELLM_PYTHON", sys.executable)
+
+
+class StageFailed(RuntimeError):
+    """A stage command failed; the message carries its exit code and output tail."""
+
+    def __init__(self, cmd: list[str], code: int, tail: str):
+        self.code = code
+        super().__init__(f"command failed with exit code {code}: {shlex.join(cmd)}\n--- last output ---\n{tail}")
+
+
+def run_stage(cmd: list[str], timeout: float | None = None, env: dict | None = None) -> str:
+    """Run a stage command, stream its output into the task log, and return
+    stdout. Non-zero exit -> :class:`StageFailed` with the output tail;
+    a quality-gate refusal (exit 3) -> AirflowFailException (no retry)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    print(f"+ {shlex.join(cmd)}", flush=True)
+    start = time.monotonic()
+    tail: deque[str] = deque(maxlen=60)
+    out_lines: list[str] = []
+    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            tail.append(line)
+            out_lines.append(line)
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise TimeoutError(f"stage ran longer than {timeout} s: {shlex.join(cmd)}")
+        code = proc.wait()
+    except BaseException:
+        # Airflow's execution_timeout or a kill of the task: stop the whole process group
+        # (a launcher's workers included) so a retry does not race a stale run.
+        _kill_group(proc)
+        raise
+    if code == GATE_FAILED_EXIT:
+        raise AirflowFailException("quality gate refused: " + "".join(list(tail)[-15:]))
+    if code != 0:
+        raise StageFailed(cmd, code, "".join(tail))
+    return "".join(out_lines)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except Exception:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except Exception:
+            pass
+
+
+def last_json_line(output: str) -> dict:
+    """Stages print their result as one JSON object on the last JSON line."""
+    for line in reversed(output.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            return json.loads(line)
+    raise ValueError("stage printed no JSON result line")

@@ -1,0 +1,82 @@
+"""
+### NoteLLM nightly index
+
+Every night at 02:00 UTC, and whenever a new model is approved (the
+`notellm_model` Asset), embeds the note corpus with the approved model (only new
+or changed notes; unchanged ones reuse their stored vectors), builds the FAISS
+index, runs the quality gates and publishes an atomic snapshot.
+
+Consumers follow `<root>/index/CURRENT`; the `notellm_index` Asset event carries
+the snapshot path and the manifest's sha256. A failing gate fails
+`publish_snapshot` without retry and leaves the previous snapshot live.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+
+# Airflow 3 does not put the DAG folder on sys.path; the shared helpers live beside this file.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+from notellm_common import DEFAULT_ARGS, INDEX_ASSET, MODEL_ASSET
+
+
+@dag(
+    dag_id="notellm_nightly_index",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"), assets=MODEL_ASSET),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["notellm", "indexing", "faiss"],
+    doc_md=__doc__,
+    params={
+        "index_type": Param("auto", enum=["auto", "flat", "ivf", "hnsw"]),
+        "keep": Param(7, type="integer", minimum=1, description="snapshots to keep"),
+        "min_ann_recall": Param(0.95, type="number", description="ANN vs exact recall@100 floor"),
+        "max_recall_drop": Param(0.02, type="number",
+                                 description="allowed Recall@100 drop vs the live snapshot on test pairs"),
+        "incremental": Param(True, type="boolean", description="re-embed only new or changed notes"),
+    },
+)
+def notellm_nightly_index():
+    @task(outlets=[INDEX_ASSET], execution_timeout=pendulum.duration(hours=6))
+    def publish_snapshot(ds=None, params=None, outlet_events=None) -> dict:
+        from notellm_common import last_json_line, paths, python, run_stage
+
+        p = paths()
+        cmd = [python(), "-m", "indexing.cli", "publish",
+               "--models-root", str(p["models"]), "--notes", str(p["notes"]),
+               "--emb-root", str(p["embeddings"]), "--snapshot-root", str(p["index"]),
+               "--date", ds, "--index-type", params["index_type"], "--keep", str(params["keep"]),
+               "--min-ann-recall", str(params["min_ann_recall"]),
+               "--max-recall-drop", str(params["max_recall_drop"])]
+        split = p["splits"] / f"dt={ds}"
+        if (split / "_SUCCESS").exists():
+            cmd += ["--test-pairs", str(split / "test_pairs"), "--pool", str(split / "pool")]
+        if params["incremental"]:
+            cmd.append("--incremental")
+        result = last_json_line(run_stage(cmd))
+        outlet_events[INDEX_ASSET].extra = {"snapshot": result["snapshot"],
+                                            "manifest_sha256": result["manifest_sha256"]}
+        return result
+
+    @task
+    def verify_snapshot(published: dict) -> dict:
+        """Open what consumers will open: CURRENT, checksums verified."""
+        from notellm_common import last_json_line, paths, python, run_stage
+
+        info = last_json_line(run_stage([python(), "-m", "indexing.cli", "info", "--root", str(paths()["index"]),
+                                         "--json"]))
+        if info.get("snapshot_id") != published.get("snapshot_id", info.get("snapshot_id")):
+            raise RuntimeError(f"CURRENT points to {info.get('snapshot_id')}, expected {published.get('snapshot_id')}")
+        return info
+
+    verify_snapshot(publish_snapshot())
+
+
+notellm_nightly_index()

@@ -1,0 +1,121 @@
+"""
+### NoteLLM pair mining (daily)
+
+Turns the click log of the 7 days ending at the run's **logical date** into
+related-note pairs (NoteLLM co-occurrence scores) with the Spark job
+`jobs/cooccurrence.py`, submitted through the `spark_default` connection
+(`local[*]` by default; point it at a cluster to scale out).
+
+1. `check_click_log` fails loudly when the logical date's click-log partition is
+   missing or empty (retried: late data may still land).
+2. `mine_pairs` runs `spark-submit jobs/cooccurrence.py` for that date; the job
+   rewrites only its own `pairs/dt=<date>/` partition, so reruns are idempotent.
+3. `check_pairs` refuses a partition without `_SUCCESS`, checks the statistics
+   (too few events or pairs fails the run) and emits the `notellm_pairs` Asset
+   with the partition in the event extra.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pendulum
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import Param, dag, task
+
+# Airflow 3 does not put the DAG folder on sys.path; the shared helpers live beside this file.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+from notellm_common import DEFAULT_ARGS, PAIRS_ASSET, REPO, ROOT_TEMPLATE, python
+
+
+@dag(
+    dag_id="notellm_pair_mining",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["notellm", "spark", "pairs"],
+    doc_md=__doc__,
+    params={
+        "window_days": Param(7, type="integer", minimum=1, description="days of click log ending at the logical date"),
+        "upper": Param(30.0, type="number", description="drop candidates scoring above u"),
+        "lower": Param(0.01, type="number", description="drop candidates scoring below l"),
+        "top": Param(10, type="integer", minimum=1, description="keep the top t related notes per source"),
+        "max_events_per_user": Param(200, type="integer", minimum=2, description="cap guarding the self-join"),
+        "view_types": Param("view,click", type="string"),
+        "click_types": Param("click", type="string"),
+        "min_events": Param(100, type="integer", minimum=0, description="fewer events in the window fails the run"),
+        "min_pairs": Param(10, type="integer", minimum=0, description="fewer pairs fails the run"),
+    },
+)
+def notellm_pair_mining():
+    @task
+    def check_click_log(ds=None, params=None) -> dict:
+        """The logical date's click-log partition must exist and hold rows."""
+        import pyarrow.parquet as pq
+
+        from notellm_common import paths
+
+        events = paths()["events"]
+        part = events / f"dt={ds}"
+        files = sorted(part.glob("*.parquet")) if part.exists() else []
+        if not files:
+            raise FileNotFoundError(f"click log partition {part} is missing or has no Parquet files")
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        if rows == 0:
+            raise ValueError(f"click log partition {part} is empty (0 rows in {len(files)} files)")
+        print(f"{part}: {rows} events in {len(files)} files")
+        return {"partition": str(part), "rows": rows}
+
+    mine_pairs = SparkSubmitOperator(
+        task_id="mine_pairs",
+        conn_id="spark_default",
+        application=str(REPO / "jobs" / "cooccurrence.py"),
+        name="notellm-cooccurrence-{{ ds_nodash }}",
+        application_args=[
+            "--events", ROOT_TEMPLATE + "/events",
+            "--notes", ROOT_TEMPLATE + "/notes/notes.parquet",
+            "--out", ROOT_TEMPLATE + "/pairs",
+            "--quarantine-out", ROOT_TEMPLATE + "/quarantine/pairs",
+            "--run-date", "{{ ds }}",
+            "--window-days", "{{ params.window_days }}",
+            "--upper", "{{ params.upper }}",
+            "--lower", "{{ params.lower }}",
+            "--top", "{{ params.top }}",
+            "--max-events-per-user", "{{ params.max_events_per_user }}",
+            "--view-types", "{{ params.view_types }}",
+            "--click-types", "{{ params.click_types }}",
+        ],
+        conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "8"},
+        # The driver runs the job with the interpreter that has the `spark` extra.
+        env_vars={"PYSPARK_PYTHON": python(), "PYSPARK_DRIVER_PYTHON": python()},
+        execution_timeout=pendulum.duration(hours=2),
+    )
+
+    @task(outlets=[PAIRS_ASSET])
+    def check_pairs(ds=None, params=None, outlet_events=None) -> dict:
+        """Refuse an unmarked partition; fail on suspiciously small output."""
+        from notellm.contracts import require_success
+
+        from notellm_common import paths
+
+        part = paths()["pairs"] / f"dt={ds}"
+        stats = require_success(part)
+        events_in = int(stats.get("events_in", 0))
+        pairs_out = int(stats.get("pairs_out", stats.get("pairs_after_top", 0)))
+        if events_in < params["min_events"]:
+            raise ValueError(f"{part}: only {events_in} events in the window (min_events={params['min_events']})")
+        if pairs_out < params["min_pairs"]:
+            raise ValueError(f"{part}: only {pairs_out} pairs (min_pairs={params['min_pairs']})")
+        summary = {"partition": str(part), "run_date": ds, "events_in": events_in, "pairs": pairs_out}
+        outlet_events[PAIRS_ASSET].extra = summary
+        print(summary)
+        return summary
+
+    check_click_log() >> mine_pairs >> check_pairs()
+
+
+notellm_pair_mining()

@@ -1,0 +1,134 @@
+"""
+### NoteLLM retraining (weekly, or triggered by an ML engineer)
+
+Trigger with **Params** (base model, data window, steps, learning rate, GPUs,
+DeepSpeed config) from the UI ("Trigger DAG w/ config") or
+`airflow dags trigger notellm_retraining --conf '{"max_steps": 400}'`.
+
+1. `split_pairs`: training pairs from the window ending `test_days` before the
+   logical date; test pairs + pool from the window ending at it, restricted to
+   notes unseen in training (the NoteLLM protocol).
+2. `train`: the DeepSpeed job in a subprocess (`deepspeed --num_gpus N` on GPU
+   workers, a single CPU process otherwise). Its output directory is derived from
+   the logical date and the Params, so a retried task resumes from the last
+   checkpoint instead of starting over. Bounded by `execution_timeout`.
+3. `evaluate`: Recall@K on the test pairs for the new model and the untrained
+   backbone.
+4. `register`: the quality gate; only a passing model becomes `APPROVED.json`
+   and emits the `notellm_model` Asset (which triggers the nightly index).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import CronTriggerTimetable, Param, dag, task
+
+# Airflow 3 does not put the DAG folder on sys.path; the shared helpers live beside this file.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+from notellm_common import DEFAULT_ARGS, MODEL_ASSET
+
+
+@dag(
+    dag_id="notellm_retraining",
+    schedule=CronTriggerTimetable("0 3 * * 1", timezone="UTC"),  # Mondays 03:00 UTC
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["notellm", "training", "deepspeed"],
+    doc_md=__doc__,
+    params={
+        "base_model": Param("smollm2", type="string",
+                            description="'smollm2' (shipped default) or a Hugging Face causal-LM directory"),
+        "template_version": Param("v1-paper", enum=["v1-paper", "v2-short"]),
+        "window_days": Param(7, type="integer", minimum=1, description="days of pairs for training"),
+        "test_days": Param(7, type="integer", minimum=1, description="later days held out for the test set"),
+        "max_steps": Param(200, type="integer", minimum=1),
+        "batch_pairs": Param(8, type="integer", minimum=2, description="related pairs per batch (per GPU)"),
+        "learning_rate": Param(1e-4, type="number", exclusiveMinimum=0),
+        "num_gpus": Param(0, type="integer", minimum=0, description="0 = one CPU process"),
+        "deepspeed_config": Param("zero2", enum=["zero2", "zero3"]),
+        "max_pool": Param(0, type="integer", minimum=0, description="cap the evaluation pool (0 = all)"),
+        "timeout_minutes": Param(240, type="integer", minimum=1),
+        "min_recall_gain": Param(0.0, type="number",
+                                 description="new model's Recall@100 must beat the untrained backbone by this"),
+    },
+)
+def notellm_retraining():
+    @task
+    def split_pairs(ds=None, params=None) -> dict:
+        import datetime as dt
+
+        from notellm_common import last_json_line, paths, python, run_stage
+
+        p = paths()
+        test_date = dt.date.fromisoformat(ds)
+        train_date = test_date - dt.timedelta(days=params["test_days"])
+        out = run_stage([
+            python(), "-m", "jobs.split",
+            "--pairs", str(p["pairs"]), "--notes", str(p["notes"]), "--events", str(p["events"]),
+            "--train-date", train_date.isoformat(), "--test-date", test_date.isoformat(),
+            "--test-days", str(params["test_days"]),
+            "--out", str(p["splits"]),
+        ])
+        return last_json_line(out)
+
+    @task(execution_timeout=pendulum.duration(hours=8))
+    def train(split: dict, ds=None, params=None, run_id=None) -> dict:
+        import hashlib
+        import json
+
+        from notellm_common import REPO, last_json_line, paths, python, run_stage
+
+        p = paths()
+        keys = ["base_model", "template_version", "window_days", "test_days", "max_steps", "batch_pairs",
+                "learning_rate", "num_gpus", "deepspeed_config"]
+        digest = hashlib.sha256(json.dumps({k: params[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:8]
+        # Same date + same Params -> same directory: a retry resumes from its checkpoints.
+        output_dir = p["models"] / "runs" / f"{ds}-{digest}"
+        overrides = [
+            f"backbone={params['base_model']}", f"train_pairs={split['train_pairs']}", f"notes={p['notes']}",
+            f"output_dir={output_dir}", f"max_steps={params['max_steps']}", f"batch_pairs={params['batch_pairs']}",
+            f"lr={params['learning_rate']}", f"template_version={params['template_version']}",
+            f"deepspeed_config={REPO / 'training' / 'configs' / (params['deepspeed_config'] + '.json')}",
+        ]
+        sets = [a for o in overrides for a in ("--set", o)]
+        if params["num_gpus"] > 0:
+            cmd = ["deepspeed", "--num_gpus", str(params["num_gpus"]), "--module", "training.train"] + sets
+        else:
+            cmd = [python(), "-m", "training.train"] + sets
+        run_stage(cmd, timeout=params["timeout_minutes"] * 60)
+        return {"model_dir": str(output_dir)}
+
+    @task
+    def evaluate(trained: dict, split: dict, params=None) -> dict:
+        from notellm_common import last_json_line, paths, python, run_stage
+
+        cmd = [python(), "-m", "training.evaluate", "--model", trained["model_dir"],
+               "--pairs", split["test_pairs"], "--pool", split["pool"], "--notes", str(paths()["notes"]),
+               "--backbone-baseline", "--out", trained["model_dir"] + "/eval.json"]
+        if params["max_pool"]:
+            cmd += ["--max-pool", str(params["max_pool"])]
+        return last_json_line(run_stage(cmd))
+
+    @task(outlets=[MODEL_ASSET])
+    def register(trained: dict, metrics: dict, params=None, outlet_events=None) -> dict:
+        from notellm_common import last_json_line, paths, python, run_stage
+
+        out = run_stage([python(), "-m", "training.register", "--model", trained["model_dir"],
+                         "--metrics", trained["model_dir"] + "/eval.json", "--models-root", str(paths()["models"]),
+                         "--min-gain", str(params["min_recall_gain"])])
+        record = last_json_line(out)
+        outlet_events[MODEL_ASSET].extra = {"model_dir": record["model_dir"], "model_id": record["model_id"]}
+        return record
+
+    split = split_pairs()
+    trained = train(split)
+    register(trained, evaluate(trained, split))
+
+
+notellm_retraining()
