@@ -1,0 +1,16 @@
+# Source me: environment for running the NoteLLM DAGs locally with Airflow 3 + SQLite.
+#   NOTELLM_ROOT   data root (default var/pipeline)
+#   AIRFLOW_HOME   Airflow home with its SQLite metadata DB (default var/airflow)
+_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export NOTELLM_ROOT="${NOTELLM_ROOT:-$_repo/var/pipeline}"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$_repo/var/airflow}"
+export AIRFLOW__CORE__DAGS_FOLDER="$_repo/dags"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-2}"
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
+# Spark master for SparkSubmitOperator; point host at spark://..., yarn, k8s://... on a cluster.
+export AIRFLOW_CONN_SPARK_DEFAULT="${AIRFLOW_CONN_SPARK_DEFAULT:-{\"conn_type\": \"spark\", \"host\": \"local[2]\"}}"
+export NOTELLM_PYTHON="${NOTELLM_PYTHON:-$_repo/.venv/bin/python}"
+# spark-submit, deepspeed and airflow come from the project's virtualenv.
+export PATH="$_repo/.venv/bin:$PATH"
+unset _repo
