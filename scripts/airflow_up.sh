@@ -16,7 +16,8 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin"
 mkdir -p "$AIRFLOW_HOME" "$NOTELLM_ROOT"
 airflow db migrate >/dev/null
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
+# Stop every component (and their workers) together: the whole process group.
+trap 'trap - EXIT INT TERM; kill 0 2>/dev/null' EXIT INT TERM
 airflow api-server --host 127.0.0.1 --port "$AIRFLOW__API__PORT" & pids+=($!)
 airflow scheduler --skip-serve-logs & pids+=($!)
 airflow dag-processor & pids+=($!)
