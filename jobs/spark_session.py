@@ -1,0 +1,73 @@
+"""One place that builds the SparkSession for every job in ``jobs/``.
+
+Local defaults are chosen for a laptop or CI box: loopback networking (no
+hostname lookup, no firewall prompts), no web UI, few shuffle partitions
+(Spark's default of 200 makes tiny jobs spend their time scheduling empty
+tasks), UTC session time zone (event days are UTC days), and the settings the
+jobs' output protocol relies on:
+
+* ``spark.sql.sources.partitionOverwriteMode=dynamic``: ``mode("overwrite")``
+  replaces only the run-date partition being written, never its siblings.
+* ``mapreduce.fileoutputcommitter.marksuccessfuljobs=false``: Hadoop must not
+  write its own ``_SUCCESS``; the job writes ``_stats.json`` and then
+  ``_SUCCESS`` itself (notellm.contracts.mark_success), so the marker comes last.
+* ``spark.sql.requireAllClusterKeysForCoPartition=false``: the co-occurrence
+  join on (user, time bucket) may reuse the existing partitioning by user
+  instead of shuffling the events a second time.
+
+On a cluster (``--master yarn``/``k8s://...``) the same builder is used; only
+the local-mode extras (driver host, driver memory) are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_MASTER = "local[*]"
+
+
+def default_shuffle_partitions(master: str) -> int:
+    """Local: 2 tasks per core (at least 4). Cluster: Spark's default of 200."""
+    if master.startswith("local"):
+        cores = os.cpu_count() or 2
+        inner = master[master.find("[") + 1: master.find("]")] if "[" in master else "1"
+        if inner.isdigit():
+            cores = int(inner)
+        return max(4, 2 * cores)
+    return 200
+
+
+def build_spark(app_name: str, master: str = DEFAULT_MASTER, shuffle_partitions: int | None = None,
+                driver_memory: str | None = "4g", extra_conf: dict | None = None):
+    """Return a SparkSession configured for the ``jobs/`` stage.
+
+    ``driver_memory`` only takes effect when this call starts the JVM (a plain
+    ``python -m jobs...``); under ``spark-submit`` pass ``--driver-memory``.
+    """
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name).master(master)
+    conf = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(shuffle_partitions or default_shuffle_partitions(master)),
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+        "spark.sql.requireAllClusterKeysForCoPartition": "false",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        "spark.ui.showConsoleProgress": "false",
+    }
+    if master.startswith("local"):
+        conf.update({
+            "spark.driver.host": "127.0.0.1",
+            "spark.driver.bindAddress": "127.0.0.1",
+            "spark.ui.enabled": "false",
+        })
+        if driver_memory:
+            conf["spark.driver.memory"] = driver_memory
+    conf.update(extra_conf or {})
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

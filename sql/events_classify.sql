@@ -1,0 +1,56 @@
+-- Validation and classification of one window's raw events (Spark SQL dialect).
+--
+-- Input views
+--   events_input(user_id STRING, note_id STRING, event_type STRING,
+--                event_time TIMESTAMP, event_time_text STRING, source STRING)
+--       every row of every events file read for the window; event_time is NULL
+--       where the text did not parse; source = the file the row came from.
+--   note_keys(note_id STRING, note_key BIGINT)   dense keys in note_id order
+-- Parameters: known_types, used_types (quoted lists), window_start_ts,
+--   window_end_ts (quoted ISO timestamps; the window is [start, end)).
+--
+-- Every input row gets exactly one status, so the counts reconcile:
+--   events_in = quarantined + outside_window + ignored_type + capped + used
+-- (capped and used are split later, by the scoring SQL's cap).
+
+CREATE OR REPLACE TEMPORARY VIEW events_classified AS
+SELECT e.user_id, e.note_id, e.event_type, e.event_time, e.event_time_text, e.source,
+       k.note_key,
+       CASE
+         WHEN e.user_id IS NULL OR TRIM(e.user_id) = '' THEN 'null_user'
+         WHEN e.note_id IS NULL OR TRIM(e.note_id) = '' THEN 'null_note'
+         WHEN e.event_time IS NULL THEN 'bad_timestamp'
+         WHEN e.event_type IS NULL OR e.event_type NOT IN ({{known_types}}) THEN 'unknown_event_type'
+         WHEN k.note_key IS NULL THEN 'unknown_note'
+       END AS quarantine_reason
+FROM events_input e
+LEFT JOIN note_keys k ON k.note_id = e.note_id;
+
+CREATE OR REPLACE TEMPORARY VIEW events_status AS
+SELECT *,
+       CASE
+         WHEN quarantine_reason IS NOT NULL THEN 'quarantined'
+         WHEN event_time < TIMESTAMP {{window_start_ts}} OR event_time >= TIMESTAMP {{window_end_ts}} THEN 'outside_window'
+         WHEN event_type NOT IN ({{used_types}}) THEN 'ignored_type'
+         ELSE 'in_scope'
+       END AS status
+FROM events_classified;
+
+-- Dense user keys (users with in-scope events, in user_id order): the scoring
+-- joins and sorts on integers rather than strings.
+CREATE OR REPLACE TEMPORARY VIEW user_keys AS
+SELECT user_id, CAST(ROW_NUMBER() OVER (ORDER BY user_id) AS BIGINT) AS user_key
+FROM (SELECT DISTINCT user_id FROM events_status WHERE status = 'in_scope') users;
+
+CREATE OR REPLACE TEMPORARY VIEW scoring_events AS
+SELECT u.user_key, e.note_key, unix_micros(e.event_time) AS event_us, e.event_type
+FROM events_status e
+JOIN user_keys u ON u.user_id = e.user_id
+WHERE e.status = 'in_scope';
+
+CREATE OR REPLACE TEMPORARY VIEW events_quarantine AS
+SELECT source, CAST(NULL AS BIGINT) AS row_number, quarantine_reason AS reason,
+       to_json(named_struct('user_id', user_id, 'note_id', note_id,
+                            'event_type', event_type, 'event_time', event_time_text)) AS raw
+FROM events_status
+WHERE status = 'quarantined';
