@@ -106,13 +106,22 @@ class NoteEncoder(nn.Module):
         if EMB_TOKEN not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [EMB_TOKEN]})
         emb_id = tokenizer.convert_tokens_to_ids(EMB_TOKEN)
-        old_rows = lm.get_input_embeddings().weight.shape[0]
-        if emb_id >= old_rows:
-            with torch.no_grad():
-                mean = lm.get_input_embeddings().weight[:old_rows].mean(dim=0)
+        # Mean of the existing token embeddings (paper Sec. 3.3). Computed over the
+        # tokenizer's original vocabulary, not over padding rows some checkpoints
+        # carry past it, and written even when [EMB] lands in such a spare row.
+        emb_rows = lm.get_input_embeddings().weight
+        n_existing = min(emb_id, emb_rows.shape[0])
+        with torch.no_grad():
+            mean = emb_rows[:n_existing].float().mean(dim=0)
+        if emb_id >= emb_rows.shape[0]:
             lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-            with torch.no_grad():
-                lm.get_input_embeddings().weight[emb_id] = mean
+        with torch.no_grad():
+            lm.get_input_embeddings().weight[emb_id] = mean.to(lm.get_input_embeddings().weight.dtype)
+            out_emb = lm.get_output_embeddings()
+            if out_emb is not None and out_emb.weight.data_ptr() != lm.get_input_embeddings().weight.data_ptr():
+                # untied head: [EMB] is never a target (it is never in the labels), but
+                # keep its row defined instead of resize's random init
+                out_emb.weight[emb_id] = out_emb.weight[:n_existing].float().mean(dim=0).to(out_emb.weight.dtype)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         config = EncoderConfig(base_model=str(backbone), dim=dim, template_version=template_version,
@@ -186,7 +195,8 @@ class NoteEncoder(nn.Module):
         """``emb_index[i]`` is the position of ``[EMB]`` in row i (or one past the
         last prompt token at inference); the embedding is read at ``emb_index - 1``."""
         base = self.lm.base_model
-        hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # use_cache=False: no KV cache is needed here (saves memory in training)
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         h = hidden[rows, emb_index - 1]
         emb = F.normalize(self.projection(h.to(self.projection.weight.dtype)).float(), dim=-1)
@@ -258,21 +268,34 @@ class NoteEncoder(nn.Module):
         """Generate the note's category (``task='category'``) or j hashtags.
 
         With ``allowed_outputs`` (constrained mode) the answer is the allowed
-        string with the highest log-likelihood under the model, so it can only
-        be one of the known categories.
+        string whose complete output, ``" <option>"`` followed by EOS, has the
+        highest log-likelihood under the model, so it can only be one of the
+        known categories. Scoring the EOS too makes it a comparison of whole
+        answers: without it an option that is a prefix of another (e.g.
+        ``beer`` vs ``beer.meta``) is scored as a partial answer. All options
+        are scored in one right-padded batch.
         """
         prompt = self.prompts.generation_prompt(note, task=task, j=j)
         device = self.device
         if allowed_outputs:
-            best, best_score = None, -float("inf")
-            for option in allowed_outputs:
-                out_ids = self.tokenizer(" " + option, add_special_tokens=False)["input_ids"]
-                ids = torch.tensor([prompt + out_ids], device=device)
-                logits = self.lm(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
-                score = torch.log_softmax(logits, -1).gather(1, torch.tensor(out_ids, device=device)[:, None]).sum()
-                if score.item() > best_score:
-                    best, best_score = option, score.item()
-            return best
+            options = list(dict.fromkeys(allowed_outputs))
+            eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+            outs = [self.tokenizer(" " + o, add_special_tokens=False)["input_ids"] + eos for o in options]
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            width = len(prompt) + max(len(o) for o in outs)
+            ids = torch.full((len(options), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, o in enumerate(outs):
+                seq = prompt + o
+                ids[i, :len(seq)] = torch.tensor(seq)
+                mask[i, :len(seq)] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            logp = torch.log_softmax(self.lm(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
+            scores = []
+            for i, o in enumerate(outs):
+                pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(o), device=device)
+                scores.append(logp[i, pos, torch.tensor(o, device=device)].sum().item())
+            return options[int(np.argmax(scores))]
         ids = torch.tensor([prompt], device=device)
         gen = self.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                do_sample=False, pad_token_id=self.tokenizer.pad_token_id,

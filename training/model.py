@@ -1,0 +1,109 @@
+"""The training module: NoteEncoder + learnable temperature, GritLM-style
+forward that returns every loss separately.
+
+Data-parallel exactness. Each rank holds its slice of the global batch. The
+forward computes the *global* L_cl on every rank (gathered embeddings, local
+slice keeps its gradient) and the rank's share of the global token-mean
+generation loss, sum_{local tokens} CE / N_global_tokens. DeepSpeed averages
+gradients over the W ranks, so :attr:`TrainOutput.loss` (the tensor to
+backpropagate) is W times the CSFT loss, and tau enters L_cl through a
+straight-through copy whose gradient is scaled by 1/W (tau is used in full on
+every rank). With these two scalings the averaged gradient equals the
+gradient of a single process on the whole global batch; with W = 1 both are
+the identity. The logged values (l_cl, l_gen, total) are unscaled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from notellm.encoder import NoteEncoder
+from training.loss import DEFAULT_ALPHA, DEFAULT_TAU_INIT, combined_loss, global_gcl_loss
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    if world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+@dataclasses.dataclass
+class TrainOutput:
+    loss: torch.Tensor         # tensor to backpropagate (W * CSFT loss, see module docstring)
+    total: torch.Tensor        # (L_cl + alpha L_gen) / (1 + alpha), detached, global
+    l_cl: torch.Tensor         # detached, global
+    l_gen: torch.Tensor        # detached, global token mean
+    tau: torch.Tensor          # detached current tau (the scale is exp(tau))
+    emb_a: torch.Tensor        # local embeddings of the first pair members (detached)
+    emb_b: torch.Tensor        # local embeddings of the second pair members (detached)
+
+
+class NoteLLMTrainModel(nn.Module):
+    """``forward(input_ids, attention_mask, emb_index, labels)`` on the local
+    2*B_local notes laid out [a_1..a_Bl, b_1..b_Bl] (row i and i + B_local are a pair)."""
+
+    def __init__(self, encoder: NoteEncoder, tau_init: float = DEFAULT_TAU_INIT, alpha: float = DEFAULT_ALPHA):
+        super().__init__()
+        self.encoder = encoder
+        # shape (1,), not a 0-d scalar: DeepSpeed's parameter broadcast views params as bytes
+        self.tau = nn.Parameter(torch.tensor([float(tau_init)]))
+        self.alpha = float(alpha)
+
+    def forward(self, input_ids, attention_mask, emb_index, labels) -> TrainOutput:
+        n_local = input_ids.shape[0]
+        if n_local % 2:
+            raise ValueError(f"local batch must hold whole pairs ([a; b] layout), got {n_local} rows")
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, emb_index=emb_index, labels=labels)
+        w = world_size()
+        half = n_local // 2
+        emb_a, emb_b = out.embeddings[:half], out.embeddings[half:]
+
+        # tau: value unchanged, gradient / W (every rank uses all of it).
+        tau = self.tau[0] / w + (self.tau[0] - self.tau[0] / w).detach()
+        l_cl = global_gcl_loss(emb_a, emb_b, tau)
+
+        # Generation loss as this rank's share of the global token mean.
+        n_tok_local = (labels[:, 1:] != -100).sum().to(torch.float32)
+        n_tok_global = all_reduce_sum(n_tok_local.detach())
+        if n_tok_global.item() > 0:
+            gen_share = out.gen_loss.float() * n_tok_local / n_tok_global
+        else:
+            gen_share = out.gen_loss.float() * 0.0
+        l_gen = all_reduce_sum(gen_share.detach())
+
+        backprop = w * combined_loss(l_cl, gen_share, self.alpha)
+        total = combined_loss(l_cl.detach(), l_gen, self.alpha)
+        return TrainOutput(backprop, total, l_cl.detach(), l_gen, self.tau[0].detach().clone(),
+                           emb_a.detach(), emb_b.detach())
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases, norms, embeddings' new rows... and tau."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or name == "tau" or "norm" in name.lower():
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def unwrap_encoder_state(state: dict) -> dict:
+    """Keys of NoteLLMTrainModel.state_dict() -> keys of NoteEncoder.state_dict() (drops tau)."""
+    prefix = "encoder."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+_ = F  # torch.nn.functional kept for callers that extend the loss
