@@ -1,0 +1,139 @@
+"""Quality gate run before a snapshot is published.
+
+1. ANN fidelity: recall@K of the built index against exact inner-product
+   search on a sample of queries drawn from the corpus,
+
+       recall@K = mean_q |ANN_K(q) intersect Exact_K(q)| / K,   K = min(K, n)
+
+   must be >= ``min_ann_recall`` (default 0.95 at K = 100).
+2. Retrieval quality, when test pairs and a test pool are given: Recall@K of
+   the related note (NoteLLM protocol, :func:`notellm.metrics.recall_at_k`
+   over the pool) must not fall by more than ``max_recall_drop`` (absolute)
+   below the currently published snapshot's value. The baseline is the value
+   recorded in the live manifest when it was measured on the same test set
+   (same sha256 of pairs + pool); otherwise it is recomputed from the live
+   snapshot's stored vectors of the pool notes.
+
+A failing gate raises :class:`GateFailed`; nothing is published and CURRENT
+stays where it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+
+import numpy as np
+
+from indexing.build import BuiltIndex, exact_neighbors, normalize, recall_vs_exact, _sample_rows
+from notellm.metrics import recall_at_k
+
+log = logging.getLogger(__name__)
+
+
+class GateFailed(RuntimeError):
+    """The new index is not good enough to publish; the live snapshot is kept."""
+
+
+@dataclasses.dataclass
+class GateConfig:
+    min_ann_recall: float = 0.95
+    ann_k: int = 100
+    ann_queries: int = 500
+    recall_k: int = 100                  # the related-note Recall@K compared against the live snapshot
+    recall_ks: tuple = (10, 50, 100, 1000)
+    max_recall_drop: float = 0.02
+    seed: int = 99
+
+
+def ann_recall(built: BuiltIndex, vectors: np.ndarray, config: GateConfig) -> dict:
+    x = normalize(vectors)
+    n = x.shape[0]
+    k = max(1, min(config.ann_k, n))
+    q = x[_sample_rows(n, config.ann_queries, config.seed)]  # a different sample than tuning used
+    exact = exact_neighbors(x, q, k)
+    approx = built.index.search(q, k)[1]
+    return {"k": k, "queries": int(len(q)), "recall": float(recall_vs_exact(approx, exact))}
+
+
+def test_set_digest(pairs: list, pool_ids: list) -> str:
+    h = hashlib.sha256()
+    for a, b in pairs:
+        h.update(f"{a}\t{b}\n".encode())
+    h.update(b"--pool--\n")
+    for p in pool_ids:
+        h.update(f"{p}\n".encode())
+    return h.hexdigest()
+
+
+def related_recall(note_ids: list, vectors: np.ndarray, pairs: list, pool_ids: list, ks) -> dict:
+    """Recall@K of the related note over the test pool, using the corpus vectors.
+
+    Pool notes without a vector cannot be ranked: they are left out of the pool
+    and counted in ``pool_missing``; pairs whose query has no vector are counted
+    in ``queries_missing`` and scored as misses.
+    """
+    row_of = {nid: i for i, nid in enumerate(note_ids)}
+    pool = [p for p in dict.fromkeys(pool_ids) if p in row_of]
+    pool_vecs = vectors[[row_of[p] for p in pool]] if pool else np.zeros((0, vectors.shape[1]), np.float32)
+    in_pool = set(pool)
+    usable = [(q, t) for q, t in pairs if q in in_pool or q in row_of]
+    queries = {q: vectors[row_of[q]] for q, _ in usable if q not in in_pool}
+    result = recall_at_k(pool, pool_vecs, usable, ks=ks, query_vectors=queries)
+    dropped_q = len(pairs) - len(usable)
+    if dropped_q and result["pairs"]:
+        # Score queries without vectors as misses over the full pair count.
+        result["recall"] = {k: v * len(usable) / len(pairs) for k, v in result["recall"].items()}
+        result["pairs"] = len(pairs)
+    result["pool_missing"] = len(set(pool_ids)) - len(pool)
+    result["queries_missing"] = dropped_q
+    return result
+
+
+def run_gate(built: BuiltIndex, note_ids: list, vectors: np.ndarray, config: GateConfig = GateConfig(),
+             pairs: list | None = None, pool_ids: list | None = None, live=None) -> dict:
+    """Evaluate the gate; return the metrics for the manifest or raise GateFailed.
+
+    ``live`` is the currently published :class:`indexing.snapshot.Snapshot` (or None).
+    """
+    metrics: dict = {"ann": ann_recall(built, vectors, config)}
+    ann = metrics["ann"]
+    if ann["recall"] < config.min_ann_recall:
+        raise GateFailed(f"ANN recall@{ann['k']} vs exact search is {ann['recall']:.4f} < "
+                         f"{config.min_ann_recall} ({built.index_type} {built.params}); not publishing")
+    if pairs:
+        if not pool_ids:
+            raise ValueError("test pairs given without a test pool")
+        ks = tuple(sorted(set(config.recall_ks) | {config.recall_k}))
+        rel = related_recall(note_ids, normalize(vectors), pairs, pool_ids, ks)
+        digest = test_set_digest(pairs, pool_ids)
+        rel["test_set_sha256"] = digest
+        metrics["related_recall"] = {"recall": {str(k): v for k, v in rel["recall"].items()},
+                                     "k_capped": {str(k): v for k, v in rel["k_capped"].items()},
+                                     **{key: rel[key] for key in ("pairs", "pool_size", "targets_missing",
+                                                                  "pool_missing", "queries_missing",
+                                                                  "test_set_sha256")}}
+        new = rel["recall"][config.recall_k]
+        baseline, source = _baseline(live, digest, pairs, pool_ids, ks, config.recall_k)
+        metrics["gate"] = {"recall_k": config.recall_k, "new": new, "baseline": baseline,
+                           "baseline_source": source, "max_drop": config.max_recall_drop}
+        if baseline is not None and new < baseline - config.max_recall_drop:
+            raise GateFailed(f"related-note Recall@{config.recall_k} fell from {baseline:.4f} "
+                             f"({source}) to {new:.4f}, more than the allowed {config.max_recall_drop}; "
+                             f"not publishing, the live snapshot stays")
+    return metrics
+
+
+def _baseline(live, digest, pairs, pool_ids, ks, k):
+    if live is None:
+        return None, "no live snapshot"
+    recorded = live.info().get("metrics", {}).get("related_recall")
+    if recorded and recorded.get("test_set_sha256") == digest and str(k) in recorded.get("recall", {}):
+        return float(recorded["recall"][str(k)]), f"recorded in {live.name}"
+    wanted = [p for p in dict.fromkeys(list(pool_ids) + [q for q, _ in pairs]) if live.has(p)]
+    if not wanted:
+        return None, f"{live.name} holds none of the test notes"
+    vecs = np.stack([live.vector(p) for p in wanted])
+    rel = related_recall(wanted, vecs, pairs, pool_ids, ks)
+    return float(rel["recall"][k]), f"recomputed from {live.name}"

@@ -1,0 +1,232 @@
+"""Atomic, verifiable, reversible publishing of index snapshots.
+
+Layout::
+
+    <root>/snapshots/<YYYY-MM-DD>-<model id[:8]>/   index.faiss, ids.parquet, manifest.json
+    <root>/snapshots/CURRENT                        the name of the live snapshot directory
+    <root>/snapshots/.tmp-<id>-<pid>/               a snapshot being written (never read)
+
+Steps of :func:`publish` (each named step calls ``hook(step)``, which tests
+use to inject crashes):
+
+1. write index, ids and manifest into ``.tmp-<id>-<pid>``, fsync each file
+   -> ``files_written``
+2. validate the temporary copy: reopen it as a reader would (checksums,
+   ``faiss.read_index``, ntotal == ids rows) -> ``validated``
+3. ``before_rename``; rename the directory to its final name, fsync
+   ``snapshots/`` -> ``after_rename``
+4. write ``.CURRENT.tmp-<pid>`` + fsync -> ``pointer_temp_written``;
+   ``os.replace`` it onto ``CURRENT``, fsync ``snapshots/`` -> ``pointer_swapped``
+5. retention (keep the newest N, never the one CURRENT names, remove stale
+   temporary directories) -> ``retention_done``
+
+Readers only follow CURRENT, which always names a complete, renamed
+directory, so a crash at any step leaves them on the old or the new
+snapshot, never a mix.
+
+Idempotency: snapshot directories are immutable once renamed into place.
+Publishing the same date + model again with the same content (same ids and
+vectors digest and same index spec) is a no-op that (re)points CURRENT at it.
+With different content (e.g. notes changed within the day) it is published
+as the next revision ``<date>-<model>.2``, ``.3``, ... so no directory a
+reader might hold open is ever rewritten.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+
+from indexing.build import BuiltIndex
+from indexing.files import fsync_dir, fsync_file, pid_alive, sha256_file, write_bytes_durable
+from indexing.snapshot import (CURRENT, IDS_FILE, INDEX_FILE, MANIFEST, Snapshot, SnapshotError, check_name,
+                               current_name, read_manifest, snapshots_dir)
+from notellm.contracts import IDS, MANIFEST_FORMAT_VERSION, validate_manifest, write_table
+
+log = logging.getLogger(__name__)
+
+STEPS = ("files_written", "validated", "before_rename", "after_rename", "pointer_temp_written",
+         "pointer_swapped", "retention_done")
+DEFAULT_KEEP = 7
+TMP_PREFIX = ".tmp-"
+
+Hook = Callable[[str], None]
+
+
+def snapshot_id(date: dt.date | str, model_id: str) -> str:
+    day = date.isoformat() if hasattr(date, "isoformat") else str(date)
+    dt.date.fromisoformat(day)  # refuse anything but YYYY-MM-DD
+    return f"{day}-{model_id[:8]}"
+
+
+def content_digest(note_ids, vectors: np.ndarray) -> str:
+    """sha256 over the note ids and the float32 vectors, in order: what the snapshot serves."""
+    h = hashlib.sha256()
+    for nid in note_ids:
+        h.update(nid.encode())
+        h.update(b"\0")
+    h.update(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _noop(step: str) -> None:
+    pass
+
+
+def publish(root: str | os.PathLike, built: BuiltIndex, *, date, model: dict, content_sha256: str,
+            metrics: dict, data_window: dict | None = None, keep: int = DEFAULT_KEEP,
+            hook: Hook = _noop) -> dict:
+    """Publish ``built`` as a new snapshot and make it CURRENT.
+
+    ``model`` needs ``model_id``, ``path`` and ``template_version``.
+    Returns ``{"snapshot": name, "path": ..., "manifest_sha256": ..., "published": bool}``
+    (``published`` False when an identical snapshot already existed).
+    """
+    root = Path(root)
+    snaps = snapshots_dir(root)
+    snaps.mkdir(parents=True, exist_ok=True)
+    base_id = snapshot_id(date, model["model_id"])
+    index_spec = built.description
+
+    # Idempotency: an identical revision of this date + model already there?
+    name, revision = base_id, 1
+    while (snaps / name).exists():
+        try:
+            existing = read_manifest(snaps / name)
+        except SnapshotError:
+            existing = None
+        if existing and existing.get("content_sha256") == content_sha256 and existing["index"] == index_spec:
+            Snapshot.open(root, name, verify=True)  # only point at what verifies
+            _swap_pointer(snaps, name, hook)
+            log.info("snapshot %s already published with identical content; CURRENT -> %s", name, name)
+            return {"snapshot": name, "path": str(snaps / name), "published": False,
+                    "manifest_sha256": sha256_file(snaps / name / MANIFEST)}
+        revision += 1
+        name = f"{base_id}.{revision}"
+
+    tmp = snaps / f"{TMP_PREFIX}{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    faiss.write_index(built.index, str(tmp / INDEX_FILE))
+    write_table(built.ids, tmp / IDS_FILE, IDS)
+    files = {}
+    for fname in (INDEX_FILE, IDS_FILE):
+        fsync_file(tmp / fname)
+        files[fname] = {"sha256": sha256_file(tmp / fname), "bytes": (tmp / fname).stat().st_size}
+    manifest = {
+        "format_version": MANIFEST_FORMAT_VERSION,
+        "snapshot_id": name,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": files,
+        "num_vectors": int(built.index.ntotal),
+        "dim": int(built.index.d),
+        "index": index_spec,
+        "model": dict(model),
+        "data_window": dict(data_window or {"start": None, "end": None}),
+        "metrics": dict(metrics),
+        "content_sha256": content_sha256,
+        "build": {"seconds": round(built.build_seconds, 3), "on_gpu": built.on_gpu, "faiss": faiss.__version__},
+    }
+    validate_manifest(manifest, str(tmp / MANIFEST))
+    write_bytes_durable(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    fsync_dir(tmp)
+    hook("files_written")
+
+    _validate_dir(tmp, manifest)
+    hook("validated")
+
+    hook("before_rename")
+    os.rename(tmp, snaps / name)   # same filesystem: atomic; the final name never holds a partial snapshot
+    fsync_dir(snaps)
+    hook("after_rename")
+
+    _swap_pointer(snaps, name, hook)
+
+    retention(root, keep)
+    hook("retention_done")
+    return {"snapshot": name, "path": str(snaps / name), "published": True,
+            "manifest_sha256": sha256_file(snaps / name / MANIFEST)}
+
+
+def _validate_dir(snap_dir: Path, manifest: dict) -> None:
+    """Reopen the written files as a reader would before anything points at them."""
+    from indexing.snapshot import verify_files
+    verify_files(snap_dir, read_manifest(snap_dir))
+    index = faiss.read_index(str(snap_dir / INDEX_FILE))
+    rows = pq.read_metadata(snap_dir / IDS_FILE).num_rows
+    if index.ntotal != rows or index.ntotal != manifest["num_vectors"]:
+        raise SnapshotError(f"{snap_dir}: written index has {index.ntotal} vectors, ids {rows}, "
+                            f"manifest {manifest['num_vectors']}")
+
+
+def _swap_pointer(snaps: Path, name: str, hook: Hook = _noop) -> None:
+    """Atomically replace CURRENT: temp file + fsync + os.replace + directory fsync."""
+    check_name(name)
+    tmp = snaps / f".{CURRENT}.tmp-{os.getpid()}"
+    write_bytes_durable(tmp, (name + "\n").encode())
+    hook("pointer_temp_written")
+    os.replace(tmp, snaps / CURRENT)
+    fsync_dir(snaps)
+    hook("pointer_swapped")
+
+
+def list_snapshots(root: str | os.PathLike) -> list[dict]:
+    """Published snapshot directories, oldest first (by manifest created_at, then name)."""
+    out = []
+    snaps = snapshots_dir(root)
+    if not snaps.is_dir():
+        return out
+    for path in snaps.iterdir():
+        if not path.is_dir() or path.name.startswith("."):
+            continue
+        try:
+            created = read_manifest(path)["created_at"]
+        except SnapshotError:
+            created = ""
+        out.append({"name": path.name, "created_at": created, "path": str(path)})
+    return sorted(out, key=lambda s: (s["created_at"], s["name"]))
+
+
+def retention(root: str | os.PathLike, keep: int = DEFAULT_KEEP) -> list[str]:
+    """Keep the newest ``keep`` snapshots and the CURRENT one; remove the rest and
+    temporary directories left by dead publishers. Returns the removed names."""
+    if keep < 1:
+        raise ValueError("keep must be >= 1")
+    snaps = snapshots_dir(root)
+    live = current_name(root)
+    removed = []
+    all_snaps = list_snapshots(root)
+    for snap in all_snaps[:-keep] if len(all_snaps) > keep else []:
+        if snap["name"] == live:
+            continue
+        shutil.rmtree(snap["path"])
+        removed.append(snap["name"])
+    for path in snaps.iterdir() if snaps.is_dir() else []:
+        if path.name.startswith(TMP_PREFIX) or path.name.startswith(f".{CURRENT}.tmp-"):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and pid_alive(int(pid)):
+                continue  # a live publisher (maybe this process) may still be writing it
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path.name)
+    if removed:
+        fsync_dir(snaps)
+    return removed
+
+
+def rollback(root: str | os.PathLike, to: str) -> dict:
+    """Point CURRENT at an earlier snapshot after verifying it completely."""
+    snap = Snapshot.open(root, check_name(to), verify=True)
+    previous = current_name(root)
+    _swap_pointer(snapshots_dir(root), snap.name)
+    return {"current": snap.name, "previous": previous}
