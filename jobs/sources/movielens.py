@@ -1,0 +1,259 @@
+"""MovieLens (ml-latest-small) -> NOTES, EVENTS (+ quarantine).
+
+    python -m jobs.sources.movielens --data ../shared/data/movielens-latest-small --out <root> [--min-rating 3.5]
+
+Mapping:
+* note = movie: ``note_id = ml:<movieId>``, title = the title with year,
+  hashtags = the movie's user tags (tags.csv, trimmed, lower-cased, most
+  frequent first, ties alphabetical, at most 10), category = first genre
+  (``(no genres listed)`` -> ``unknown``), content = a short text built from
+  the genres and the top tags, created_at = the movie's first interaction
+  (earliest rating or tag; MovieLens has no creation time), falling back to
+  1 January of the title's year for movies nobody rated or tagged.
+* event = rating: ``user_id = ml:<userId>``, ``event_type = rate``,
+  ``event_time`` from unix seconds. The EVENTS contract has no value column,
+  so a ``rate`` event means "this user liked the movie": only ratings
+  >= ``--min-rating`` (default 3.5, i.e. 3.5/4/4.5/5 stars) become events,
+  lower ratings are ignored with the counted reason ``rating_below_threshold``.
+  Co-occurrence mining then pairs movies liked by the same users, the
+  analogue of co-clicked notes; a disliked movie is not evidence of
+  relatedness. ``--min-rating 0`` keeps every rating.
+
+Every CSV row is accepted, ignored with a counted reason or quarantined
+(``missing_id``, ``duplicate_id``, ``empty_text``, ``unknown_movie``,
+``bad_rating``, ``bad_timestamp``, ``empty_tag``, ``no_created_at``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from jobs.quarantine import concat_quarantine, quarantine_table, raw_json, write_quarantine
+from jobs.sources import write_day_partitions
+from notellm.contracts import EVENTS, NOTES, mark_success, write_table
+
+MAX_HASHTAGS = 10
+CONTENT_TAGS = 5
+DEFAULT_MIN_RATING = 3.5
+NO_GENRES = "(no genres listed)"
+_YEAR_RE = re.compile(r"\((\d{4})\)\s*$")
+
+
+def _read_csv(path: Path) -> pa.Table:
+    """Every column as (nullable) text so malformed values reach validation."""
+    if not path.exists():
+        raise FileNotFoundError(f"MovieLens file {path} does not exist")
+    header = path.open(encoding="utf-8").readline().strip().split(",")
+    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in header}, strings_can_be_null=True))
+
+
+def _positive_int(col: pa.ChunkedArray) -> np.ndarray:
+    """Parse integer ids; -1 where missing/unparsable/not positive."""
+    text = pc.fill_null(col, "")
+    ok = pc.match_substring_regex(text, r"^\s*\d+\s*$").to_numpy(zero_copy_only=False)
+    vals = np.full(len(text), -1, dtype=np.int64)
+    if ok.any():
+        vals[ok] = pc.cast(pc.utf8_trim_whitespace(text.filter(pa.array(ok))), pa.int64()).to_numpy()
+    vals[vals <= 0] = -1
+    return vals
+
+
+def _float(col: pa.ChunkedArray) -> np.ndarray:
+    text = pc.fill_null(col, "")
+    ok = pc.match_substring_regex(text, r"^\s*-?\d+(\.\d+)?\s*$").to_numpy(zero_copy_only=False)
+    vals = np.full(len(text), np.nan)
+    if ok.any():
+        vals[ok] = pc.cast(pc.utf8_trim_whitespace(text.filter(pa.array(ok))), pa.float64()).to_numpy()
+    return vals
+
+
+class Ledger:
+    """Vectorised accounting of one CSV file: a status per row."""
+
+    def __init__(self, path: Path, table: pa.Table):
+        self.path, self.table = str(path), table
+        self.reason = np.full(table.num_rows, "", dtype=object)   # quarantine reason
+        self.ignored = np.full(table.num_rows, "", dtype=object)  # ignore reason
+
+    def quarantine(self, mask: np.ndarray, code: str, column: str | None = None) -> None:
+        mask = mask & (self.reason == "") & (self.ignored == "")
+        if column is None:
+            self.reason[mask] = code
+        else:
+            vals = self.table.column(column).to_numpy(zero_copy_only=False)
+            for i in np.flatnonzero(mask):
+                self.reason[i] = f"{code}: {vals[i]!r}"
+
+    def ignore(self, mask: np.ndarray, code: str) -> None:
+        self.ignored[mask & (self.reason == "") & (self.ignored == "")] = code
+
+    @property
+    def ok(self) -> np.ndarray:
+        return (self.reason == "") & (self.ignored == "")
+
+    def quarantine_table(self) -> pa.Table:
+        bad = np.flatnonzero(self.reason != "")
+        raws = self.table.take(pa.array(bad, pa.int64())).to_pylist() if len(bad) else []
+        return quarantine_table(self.path, [int(i) + 1 for i in bad], [self.reason[i] for i in bad],
+                                [raw_json(r) for r in raws])
+
+    def stats(self) -> dict:
+        q = Counter(r.split(":", 1)[0] for r in self.reason if r)
+        ig = Counter(r for r in self.ignored if r)
+        out = {"rows_in": self.table.num_rows, "rows_accepted": int(self.ok.sum()),
+               "rows_ignored": sum(ig.values()), "rows_quarantined": sum(q.values()),
+               "ignored": dict(sorted(ig.items())), "quarantined": dict(sorted(q.items()))}
+        assert out["rows_in"] == out["rows_accepted"] + out["rows_ignored"] + out["rows_quarantined"]
+        return out
+
+
+def movie_content(title: str, genres: list[str], tags: list[str]) -> str:
+    """Short descriptive text for a movie: '<title>. Genres: a, b. Tagged: x, y.'"""
+    text = f"{title}. Genres: {', '.join(genres) if genres else 'unknown'}."
+    if tags:
+        text += f" Tagged: {', '.join(tags[:CONTENT_TAGS])}."
+    return text
+
+
+def convert(data: str | Path, out: str | Path, min_rating: float = DEFAULT_MIN_RATING) -> dict:
+    data, out = Path(data), Path(out)
+    if not data.is_dir():
+        raise FileNotFoundError(f"MovieLens folder {data} does not exist")
+    t0 = time.perf_counter()
+    movies_path, ratings_path, tags_path = data / "movies.csv", data / "ratings.csv", data / "tags.csv"
+    movies, ratings, tags = _read_csv(movies_path), _read_csv(ratings_path), _read_csv(tags_path)
+
+    # movies
+    mled = Ledger(movies_path, movies)
+    movie_id = _positive_int(movies.column("movieId"))
+    mled.quarantine(movie_id < 0, "missing_id", "movieId")
+    first = np.zeros(len(movie_id), dtype=bool)
+    _, first_idx = np.unique(np.where(movie_id < 0, -np.arange(len(movie_id)) - 2, movie_id), return_index=True)
+    first[first_idx] = True
+    mled.quarantine(~first, "duplicate_id", "movieId")
+    titles = pc.utf8_trim_whitespace(pc.fill_null(movies.column("title"), "")).to_pylist()
+    mled.quarantine(np.array([not t for t in titles], dtype=bool), "empty_text")
+    known_movies = set(movie_id[mled.ok].tolist())
+    known_arr = pa.array(sorted(known_movies), pa.int64())
+
+    # ratings
+    rled = Ledger(ratings_path, ratings)
+    r_user = _positive_int(ratings.column("userId"))
+    r_movie = _positive_int(ratings.column("movieId"))
+    r_value = _float(ratings.column("rating"))
+    r_ts = _positive_int(ratings.column("timestamp"))
+    rled.quarantine(r_user < 0, "missing_id", "userId")
+    rled.quarantine(r_movie < 0, "missing_id", "movieId")
+    in_catalogue = pc.is_in(pa.array(r_movie), value_set=known_arr).to_numpy(zero_copy_only=False)
+    rled.quarantine(~in_catalogue, "unknown_movie", "movieId")
+    rled.quarantine(~((r_value >= 0.5) & (r_value <= 5.0)), "bad_rating", "rating")
+    rled.quarantine(r_ts < 0, "bad_timestamp", "timestamp")
+    rled.ignore(r_value < min_rating, "rating_below_threshold")
+
+    # tags
+    tled = Ledger(tags_path, tags)
+    t_movie = _positive_int(tags.column("movieId"))
+    t_ts = _positive_int(tags.column("timestamp"))
+    tag_text = pc.utf8_lower(pc.utf8_trim_whitespace(pc.fill_null(tags.column("tag"), "")))
+    tled.quarantine(t_movie < 0, "missing_id", "movieId")
+    tled.quarantine(~pc.is_in(pa.array(t_movie), value_set=known_arr).to_numpy(zero_copy_only=False),
+                    "unknown_movie", "movieId")
+    tled.quarantine(pc.equal(tag_text, "").to_numpy(zero_copy_only=False), "empty_tag")
+    tag_counts = (pa.table({"movie": pa.array(t_movie), "tag": tag_text}).filter(pa.array(tled.ok))
+                  .group_by(["movie", "tag"]).aggregate([("tag", "count")])
+                  .sort_by([("movie", "ascending"), ("tag_count", "descending"), ("tag", "ascending")]))
+    top_tags: dict[int, list[str]] = {}
+    for m, t in zip(tag_counts.column("movie").to_pylist(), tag_counts.column("tag").to_pylist()):
+        lst = top_tags.setdefault(m, [])
+        if len(lst) < MAX_HASHTAGS:
+            lst.append(t)
+
+    # created_at = first interaction (any valid rating, liked or not, or tag)
+    r_valid = (rled.reason == "")
+    stamps = pa.table({"movie": pa.array(np.concatenate([r_movie[r_valid], t_movie[tled.ok]])),
+                       "ts": pa.array(np.concatenate([r_ts[r_valid], t_ts[tled.ok & (t_ts > 0)]]))})
+    first_seen = stamps.group_by("movie").aggregate([("ts", "min")])
+    first_ts = dict(zip(first_seen.column("movie").to_pylist(), first_seen.column("ts_min").to_pylist()))
+
+    genres_col = pc.fill_null(movies.column("genres"), "").to_pylist()
+    note_rows = {k: [] for k in NOTES.columns}
+    for i in np.flatnonzero(mled.ok):
+        mid = int(movie_id[i])
+        genres = [g for g in genres_col[i].split("|") if g and g != NO_GENRES]
+        if mid in first_ts:
+            created = dt.datetime.fromtimestamp(first_ts[mid], dt.timezone.utc)
+        else:
+            year = _YEAR_RE.search(titles[i])
+            if not year:
+                mled.reason[i] = "no_created_at"
+                continue
+            created = dt.datetime(int(year.group(1)), 1, 1, tzinfo=dt.timezone.utc)
+        tags_i = top_tags.get(mid, [])
+        note_rows["note_id"].append(f"ml:{mid}")
+        note_rows["title"].append(titles[i])
+        note_rows["content"].append(movie_content(titles[i], genres, tags_i))
+        note_rows["hashtags"].append(tags_i)
+        note_rows["category"].append(genres[0] if genres else "unknown")
+        note_rows["created_at"].append(created)
+    notes = pa.table({k: pa.array(v, NOTES.schema.field(k).type) for k, v in note_rows.items()}, schema=NOTES.schema)
+
+    keep = rled.ok
+    events = pa.table({
+        "user_id": pc.binary_join_element_wise("ml:", pa.array(r_user[keep]).cast(pa.string()), ""),
+        "note_id": pc.binary_join_element_wise("ml:", pa.array(r_movie[keep]).cast(pa.string()), ""),
+        "event_type": pa.array(np.full(int(keep.sum()), "rate", dtype=object), pa.string()),
+        "event_time": pa.array(r_ts[keep] * 1_000_000, pa.timestamp("us", tz="UTC")),
+    }).sort_by([("event_time", "ascending"), ("user_id", "ascending"), ("note_id", "ascending")])
+    quarantine = concat_quarantine([mled.quarantine_table(), rled.quarantine_table(), tled.quarantine_table()])
+
+    for sub in ("notes", "events", "quarantine"):       # the run owns its output root
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+    write_table(notes, out / "notes" / "notes.parquet", NOTES)
+    rows_per_day = write_day_partitions(events, out / "events")
+    write_quarantine(quarantine, out / "quarantine" / "part-00000.parquet")
+    files = {"movies.csv": mled.stats(), "ratings.csv": rled.stats(), "tags.csv": tled.stats()}
+    stats = {"source": "movielens", "data": str(data), "min_rating": min_rating, "files": files,
+             **{k: sum(f[k] for f in files.values())
+                for k in ("rows_in", "rows_accepted", "rows_ignored", "rows_quarantined")},
+             "notes": notes.num_rows, "events": events.num_rows, "event_days": len(rows_per_day),
+             "notes_with_hashtags": sum(1 for h in note_rows["hashtags"] if h),
+             "seconds": round(time.perf_counter() - t0, 2)}
+    mark_success(out / "notes", {"contract": NOTES.name, "rows": notes.num_rows})
+    mark_success(out / "quarantine", {"rows": quarantine.num_rows})
+    mark_success(out, stats)
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.sources.movielens", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="ml-latest-small folder (movies.csv, ratings.csv, tags.csv)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--min-rating", type=float, default=DEFAULT_MIN_RATING,
+                   help="ratings >= this become 'rate' events (default %(default)s; 0 keeps all)")
+    a = p.parse_args(argv)
+    try:
+        stats = convert(a.data, a.out, a.min_rating)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(stats, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
