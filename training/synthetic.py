@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from notellm.contracts import NOTES, PAIRS, mark_success, partition_dir, write_table
+from notellm.contracts import NOTES, PAIRS, POOL, mark_success, partition_dir, write_table
 
 TOPICS = {
     "coffee": ["espresso", "grinder", "roast", "beans", "crema", "pourover", "aeropress", "latte"],
@@ -51,7 +51,8 @@ def make_notes_and_pairs(n_pairs: int = 16, seed: int = 0, missing: int = 0):
 
 def write_dataset(root: str | Path, n_pairs: int = 16, seed: int = 0, missing: int = 0,
                   day: dt.date = dt.date(2026, 11, 25), success: bool = True) -> tuple[Path, Path]:
-    """Write ``<root>/notes/notes.parquet`` and ``<root>/pairs/dt=<day>/pairs.parquet``.
+    """Write ``<root>/notes/notes.parquet``, ``<root>/pairs/dt=<day>/pairs.parquet`` and a pool of
+    all notes ``<root>/pool/dt=<day>/pool.parquet``.
     Returns (pairs partition dir, notes root)."""
     root = Path(root)
     notes, pairs = make_notes_and_pairs(n_pairs, seed, missing)
@@ -62,4 +63,8 @@ def write_dataset(root: str | Path, n_pairs: int = 16, seed: int = 0, missing: i
     write_table(pa.Table.from_pylist(rows, schema=PAIRS.arrow_schema), part / "pairs.parquet", PAIRS)
     if success:
         mark_success(part, {"pairs": len(rows)})
+    pool_dir = partition_dir(root / "pool", day)
+    write_table(pa.Table.from_pylist([{"note_id": n["note_id"]} for n in notes], schema=POOL.arrow_schema),
+                pool_dir / "pool.parquet", POOL)
+    mark_success(pool_dir, {"notes": len(notes)})
     return part, root

@@ -1,0 +1,156 @@
+"""Evaluate a trained NoteLLM model (and optionally baselines) on held-out pairs.
+
+Usage::
+
+    python -m training.evaluate --model RUN/model --pairs PAIRS_ROOT/dt=D --pool POOL_DIR --notes NOTES \\
+        [--backbone-baseline] [--approved-root MODELS_ROOT] [--out eval.json]
+
+Reports, per model, Recall@K over the test pool (NoteLLM protocol:
+notellm.metrics.recall_at_k, query excluded) and the in-batch accuracy on the
+held-out pairs grouped into batches of ``--batch-pairs`` pairs with distinct
+notes (notellm.metrics.in_batch_accuracy; chance 1/(2B-1)).
+``--backbone-baseline`` also evaluates the untrained backbone (a fresh
+NoteEncoder built with the model's seed), ``--approved-root`` the currently
+approved model, so the registration gate compares models on one test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from notellm.contracts import POOL, read_table, require_success
+from notellm.metrics import in_batch_accuracy, recall_at_k
+from training.data import clean_pairs, load_notes, load_pairs
+from training.sampler import plan_epoch
+
+log = logging.getLogger("training.evaluate")
+
+
+def load_pool(path: str | Path) -> list[str]:
+    path = Path(path)
+    if path.is_dir():
+        require_success(path)
+    return read_table(path, POOL).column("note_id").to_pylist()
+
+
+def test_fingerprint(pairs: list[tuple[str, str]], pool: list[str]) -> str:
+    """Identifies the test set, so metrics are compared only on equal test sets."""
+    h = hashlib.sha256()
+    for a, b in pairs:
+        h.update(f"{a}\t{b}\n".encode())
+    h.update(b"--pool--\n")
+    for nid in pool:
+        h.update(f"{nid}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def evaluate_encoder(encoder, pairs, pool, notes, ks=(10, 50, 100, 1000), batch_pairs: int = 16,
+                     batch_size: int = 32, autocast_bf16: bool = False, seed: int = 0) -> dict:
+    """Recall@K over ``pool`` and in-batch accuracy on ``pairs`` (all notes must be in ``notes``)."""
+    t0 = time.perf_counter()
+    needed = list(dict.fromkeys([*pool, *(n for p in pairs for n in p)]))
+    vectors = encoder.embed_notes([notes[n] for n in needed], batch_size=batch_size, autocast_bf16=autocast_bf16)
+    row = {n: i for i, n in enumerate(needed)}
+    pool_vecs = vectors[[row[n] for n in pool]]
+    queries = {q: vectors[row[q]] for q, _ in pairs}
+    rec = recall_at_k(pool, pool_vecs, pairs, ks=ks, query_vectors=queries)
+    plan = plan_epoch(pairs, min(batch_pairs, max(1, len(pairs))), seed, 0)
+    accs = [in_batch_accuracy(vectors[[row[pairs[i][0]] for i in b]], vectors[[row[pairs[i][1]] for i in b]])
+            for b in plan.batches]
+    b = min(batch_pairs, max(1, len(pairs)))
+    return {"recall": {str(k): v for k, v in rec["recall"].items()},
+            "k_capped": {str(k): v for k, v in rec["k_capped"].items()},
+            "targets_missing_from_pool": rec["targets_missing"],
+            "in_batch_accuracy": float(np.mean(accs)) if accs else float("nan"),
+            "in_batch_batches": len(accs), "in_batch_batch_pairs": b, "in_batch_chance": 1.0 / (2 * b - 1),
+            "embed_s": time.perf_counter() - t0, "notes_embedded": len(needed)}
+
+
+def run(args) -> dict:
+    from notellm.encoder import NoteEncoder
+    import torch
+
+    raw_pairs, meta = load_pairs(args.pairs)
+    pool = load_pool(args.pool)
+    wanted = set(pool) | {n for p in raw_pairs for n in p}
+    notes = load_notes(args.notes, wanted)
+    pairs, report = clean_pairs(raw_pairs, notes)
+    missing_pool = [n for n in pool if n not in notes]
+    if missing_pool:
+        raise SystemExit(f"{args.pool}: {len(missing_pool)} pool notes are missing from {args.notes}, "
+                         f"e.g. {missing_pool[:5]}")
+    if args.limit_pairs:
+        pairs = pairs[:args.limit_pairs]
+    log.info("test pairs: %s; pool %d notes", report.summary(), len(pool))
+    if not pairs:
+        raise SystemExit(f"{args.pairs}: no usable test pairs ({report.summary()})")
+    ks = tuple(int(k) for k in args.ks.split(","))
+    result = {"test_pairs": len(pairs), "pool_size": len(pool), "ks": list(ks),
+              "test_fingerprint": test_fingerprint(pairs, pool), "pairs_report": report.__dict__,
+              "test_window": {"start": meta.get("window_start"), "end": meta.get("window_end")}}
+
+    def one(encoder, name):
+        torch.manual_seed(0)
+        res = evaluate_encoder(encoder, pairs, pool, notes, ks, args.batch_pairs, args.batch_size, args.bf16)
+        res["model_id"] = encoder.config.model_id
+        log.info("%s: recall %s in-batch acc %.3f (chance %.3f)", name, res["recall"], res["in_batch_accuracy"],
+                 res["in_batch_chance"])
+        return res
+
+    model = NoteEncoder.load(args.model)
+    result["model"] = one(model, "model")
+    result["model"]["model_dir"] = str(Path(args.model).resolve())
+    if args.backbone_baseline:
+        cfg = model.config
+        base = NoteEncoder.build(cfg.base_model, dim=cfg.dim, template_version=cfg.template_version,
+                                 max_title_tokens=cfg.max_title_tokens, max_content_tokens=cfg.max_content_tokens,
+                                 seed=int(cfg.extra.get("seed", 0)))
+        result["backbone"] = one(base, "backbone")
+        result["backbone"]["base_model"] = cfg.base_model
+        del base
+    if args.approved_root:
+        from notellm.registry import current_approved
+        record = current_approved(args.approved_root)
+        if record is not None:
+            approved = NoteEncoder.load(record["model_dir"])
+            result["approved"] = one(approved, "approved")
+            result["approved"]["model_dir"] = record["model_dir"]
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="model directory written by training (RUN/model)")
+    p.add_argument("--pairs", required=True, help="held-out PAIRS partition dir (needs _SUCCESS)")
+    p.add_argument("--pool", required=True, help="POOL file or partition dir")
+    p.add_argument("--notes", required=True, help="NOTES file or root")
+    p.add_argument("--backbone-baseline", action="store_true", help="also evaluate the untrained backbone")
+    p.add_argument("--approved-root", default=None, help="also evaluate the approved model of this models root")
+    p.add_argument("--ks", default="10,50,100,1000")
+    p.add_argument("--batch-pairs", type=int, default=16, help="pairs per batch for in-batch accuracy")
+    p.add_argument("--batch-size", type=int, default=32, help="embedding batch size")
+    p.add_argument("--limit-pairs", type=int, default=None)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast while embedding")
+    p.add_argument("--out", default=None, help="write the JSON here (also printed)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    result = run(args)
+    text = json.dumps(result, indent=2, default=str)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
