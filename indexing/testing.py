@@ -32,7 +32,7 @@ def tiny_model(out_dir: str | Path, dim: int = 16, seed: int = 0) -> Path:
 def synthetic_note(i: int, rng: random.Random, version: int = 0) -> dict:
     cat = _CATEGORIES[i % len(_CATEGORIES)]
     n_title = rng.randint(2, 8)
-    n_content = rng.randint(3, 60)  # very different lengths, so length sorting matters
+    n_content = rng.randint(3, 40)  # very different lengths, so length sorting matters
     return {
         "note_id": f"n{i:05d}",
         "title": " ".join(rng.choice(_WORDS) for _ in range(n_title)) + (f" v{version}" if version else ""),
@@ -63,3 +63,14 @@ def clustered_vectors(n: int, d: int, clusters: int = 64, noise: float = 0.35, s
     x = centres[rng.integers(0, clusters, n)] + noise * rng.standard_normal((n, d)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32)
+
+
+_MODEL_CACHE: dict = {}
+
+
+def cached_tiny_model(dim: int = 16) -> Path:
+    """One tiny model per test process (building one takes a few seconds)."""
+    import tempfile
+    if dim not in _MODEL_CACHE:
+        _MODEL_CACHE[dim] = tiny_model(Path(tempfile.mkdtemp(prefix="notellm-tiny-")), dim=dim)
+    return _MODEL_CACHE[dim]
