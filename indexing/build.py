@@ -45,7 +45,7 @@ class IndexConfig:
     flat_max: int = 100_000
     hnsw_max: int = 5_000_000
     hnsw_m: int = 32
-    hnsw_ef_construction: int = 80
+    hnsw_ef_construction: int = 40
     nlist: int | None = None            # default 4 * sqrt(n)
     train_per_list: int = 64            # IVF training sample: train_per_list * nlist vectors
     tune_recall: float = 0.97           # tuning target; a bit above the gate's 0.95 so the gate has slack

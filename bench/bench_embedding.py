@@ -1,0 +1,128 @@
+"""Embedding throughput of the indexing stage with the default SmolLM2-135M backbone.
+
+    flock /tmp/notellm-heavy.lock .venv/bin/python bench/bench_embedding.py [--notes 400] [--naive 96]
+
+Notes: real Stack Exchange questions (beer + coffee sites) converted by
+``jobs.sources.stackexchange`` from ../shared/data. Compares, on the same
+machine in one run:
+
+* naive: fp32, unsorted batches of 32 padded to the corpus' maximum prompt length;
+* length-sorted fp32 (dynamic padding only);
+* the project's embedder (``indexing.embed.embed_corpus``: length-sorted, dynamic
+  padding, bf16 autocast = precision 'auto'), full run over ``--notes`` notes;
+* an incremental run after 1% of the notes changed, versus the full run.
+
+Throughput is notes/s of model time; the model's projection is random (speed
+does not depend on training). Also reports the bf16-vs-fp32 cosine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "stackexchange"
+SITES = ["beer.stackexchange.com", "coffee.stackexchange.com"]
+
+
+def naive_embed(encoder, notes, batch_size=32):
+    """fp32, input order, every batch padded to the longest prompt of the whole corpus."""
+    encoded = [encoder.prompts.encode(n, task="category", with_output=False) for n in notes]
+    width = max(len(e.input_ids) for e in encoded)
+    pad = encoder.tokenizer.pad_token_id
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(encoded), batch_size):
+            chunk = encoded[s:s + batch_size]
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, e in enumerate(chunk):
+                ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
+                mask[i, :len(e.input_ids)] = 1
+            emb_index = torch.tensor([e.emb_index for e in chunk])
+            out.append(encoder(input_ids=ids, attention_mask=mask, emb_index=emb_index).embeddings.numpy())
+    return np.concatenate(out), width, [len(e.input_ids) for e in encoded]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--notes", type=int, default=400)
+    ap.add_argument("--naive", type=int, default=96, help="notes for the (slow) naive and fp32 references")
+    ap.add_argument("--work", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"skip: {DATA} absent", file=sys.stderr)
+        return 0
+    import pyarrow as pa
+
+    from indexing.embed import EmbedConfig, embed_corpus
+    from jobs.sources.stackexchange import convert
+    from notellm.backbone import ensure_default_backbone
+    from notellm.contracts import NOTES, read_table
+    from notellm.encoder import NoteEncoder
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    convert(DATA, work / "se", SITES)
+    notes_tab = read_table(work / "se" / "notes" / "notes.parquet", NOTES)
+    rng = random.Random(0)
+    rows = notes_tab.to_pylist()
+    rng.shuffle(rows)
+    rows = rows[:args.notes]
+    table = pa.Table.from_pylist(rows, schema=NOTES.arrow_schema)
+
+    enc = NoteEncoder.build(ensure_default_backbone(), dim=128)
+    enc.save(work / "model")
+    enc = NoteEncoder.load(work / "model")
+    torch.set_num_threads(2)
+    ref = rows[:args.naive]
+    enc.embed_notes(ref[:4])  # warm-up
+
+    t = time.perf_counter()
+    naive, width, lengths = naive_embed(enc, ref)
+    naive_s = time.perf_counter() - t
+    t = time.perf_counter()
+    sorted_fp32 = enc.embed_notes(ref, batch_size=32, autocast_bf16=False)
+    sorted_s = time.perf_counter() - t
+    t = time.perf_counter()
+    sorted_bf16 = enc.embed_notes(ref, batch_size=32, autocast_bf16=True)
+    bf16_s = time.perf_counter() - t
+    cos_bf16 = (sorted_fp32 * sorted_bf16).sum(1)
+    cos_naive = (sorted_fp32 * naive).sum(1)
+
+    cfg = EmbedConfig(incremental=False, progress=False)      # defaults: precision auto (bf16), shard 2048, batch 32
+    full = embed_corpus(enc, table, work / "emb", cfg)
+    changed = list(rows)
+    k = max(1, len(rows) // 100)
+    for i in rng.sample(range(len(rows)), k):
+        changed[i] = dict(changed[i], title=changed[i]["title"] + " (edited)")
+    inc = embed_corpus(enc, pa.Table.from_pylist(changed, schema=NOTES.arrow_schema), work / "emb",
+                       EmbedConfig(incremental=True, progress=False))
+    result = {
+        "notes_full": len(rows), "reference_notes": len(ref), "prompt_tokens_mean": float(np.mean(lengths)),
+        "prompt_tokens_max": int(width), "padding_share_naive": float(1 - np.mean(lengths) / width),
+        "naive_fp32_fixed_pad_notes_per_s": len(ref) / naive_s,
+        "sorted_fp32_notes_per_s": len(ref) / sorted_s,
+        "sorted_bf16_notes_per_s": len(ref) / bf16_s,
+        "project_full_run_notes_per_s": full.notes_per_s,
+        "ratio_project_vs_naive": full.notes_per_s / (len(ref) / naive_s),
+        "cosine_bf16_vs_fp32_min": float(cos_bf16.min()), "cosine_bf16_vs_fp32_mean": float(cos_bf16.mean()),
+        "cosine_naive_vs_sorted_min": float(cos_naive.min()),
+        "full_run_s": full.seconds, "incremental_changed": k, "incremental_embedded": inc.embedded,
+        "incremental_run_s": inc.seconds, "incremental_vs_full": inc.seconds / full.seconds,
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
