@@ -70,4 +70,10 @@ def build_spark(app_name: str, master: str = DEFAULT_MASTER, shuffle_partitions:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    try:  # the dense-key ROW_NUMBER over small key tables is a single-partition window on purpose
+        jvm = spark.sparkContext._jvm
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
+            "org.apache.spark.sql.execution.window.WindowExec", jvm.org.apache.logging.log4j.Level.ERROR)
+    except Exception:  # noqa: BLE001 - logging tweak only; absent under Spark Connect
+        pass
     return spark

@@ -1,0 +1,183 @@
+"""Co-occurrence mining: Spark job vs DuckDB running the same scoring SQL.
+
+For each size N: generate N events with ``jobs.sources.sample`` (contract
+format, cached under --workdir), run ``python -m jobs.cooccurrence`` (Spark,
+local master) and, in a separate process, DuckDB on the same Parquet with the
+same ``sql/cooccurrence_score.sql`` (the same two views materialised), check
+both outputs are identical, and print events/second, the Spark/DuckDB time
+ratio, peak RSS of each and Spark's phase timings.
+
+    flock /tmp/notellm-heavy.lock .venv/bin/python bench/bench_cooccurrence.py --events 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from jobs import sql_template  # noqa: E402
+from jobs.cooccurrence import Config, MATERIALISED_VIEWS, parquet_files  # noqa: E402
+from jobs.reference import SCORE_SCALE  # noqa: E402
+from notellm import contracts  # noqa: E402
+
+END_DATE = dt.date(2026, 11, 24)
+
+
+def generate(workdir: Path, events: int, seed: int) -> Path:
+    root = workdir / f"sample-{events}"
+    if (root / "notes" / "notes.parquet").exists():
+        return root
+    notes, users = max(1000, events // 50), max(500, events // 100)
+    subprocess.run([sys.executable, "-m", "jobs.sources.sample", "--out", str(root), "--notes", str(notes),
+                    "--users", str(users), "--events", str(events), "--days", "7",
+                    "--end-date", END_DATE.isoformat(), "--seed", str(seed), "--format", "contract"],
+                   cwd=REPO, check=True)
+    return root
+
+
+def run_child(cmd: list[str]) -> tuple[float, int, str]:
+    """Run ``cmd`` under /usr/bin/time; return (wall s, peak RSS bytes of the
+    largest process in the tree, stdout)."""
+    t = time.perf_counter()
+    res = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *cmd], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    wall = time.perf_counter() - t
+    if res.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    rss = max(int(line.split("=")[1]) for line in res.stderr.splitlines() if line.startswith("MAXRSS_KB="))
+    return wall, rss * 1024, res.stdout
+
+
+def duckdb_child(args) -> None:
+    """Runs in its own process: DuckDB with the same scoring SQL."""
+    import duckdb
+
+    cfg = Config(events=Path(args.events_root), notes=Path(args.notes), out=Path(args.out_dir),
+                 quarantine_out=Path(args.out_dir), run_date=dt.date.fromisoformat(args.run_date),
+                 max_events_per_user=args.max_events_per_user, max_gap_hours=args.max_gap_hours)
+    t0 = time.perf_counter()
+    con = duckdb.connect()
+    con.execute(f"SET threads={args.threads}")
+    con.execute("SET TimeZone='UTC'")
+    con.execute(f"SET temp_directory='{args.out_dir}/duckdb.tmp'")
+    files = [str(p) for d in cfg.window_days_list for p in parquet_files(contracts.partition_dir(cfg.events, d))]
+    used = sorted(set(cfg.view_types) | set(cfg.click_types))
+    start = f"{cfg.window_start.isoformat()} 00:00:00+00"
+    end = f"{(cfg.run_date + dt.timedelta(days=1)).isoformat()} 00:00:00+00"
+    # DuckDB twin of sql/events_classify.sql's dense keys (contract input: no malformed rows).
+    con.execute(f"CREATE TEMP TABLE note_keys AS SELECT note_id, CAST(ROW_NUMBER() OVER (ORDER BY note_id) AS BIGINT)"
+                f" AS note_key FROM (SELECT DISTINCT note_id FROM read_parquet('{cfg.notes}'))")
+    con.execute(f"""CREATE TEMP VIEW valid_events AS SELECT e.user_id, k.note_key, e.event_time, e.event_type
+        FROM read_parquet({files!r}) e JOIN note_keys k ON k.note_id = e.note_id
+        WHERE e.user_id IS NOT NULL AND trim(e.user_id) <> '' AND e.event_time >= TIMESTAMPTZ '{start}'
+          AND e.event_time < TIMESTAMPTZ '{end}' AND e.event_type IN ({sql_template.literal('t', used)})""")
+    con.execute("CREATE TEMP TABLE user_keys AS SELECT user_id, CAST(ROW_NUMBER() OVER (ORDER BY user_id) AS BIGINT)"
+                " AS user_key FROM (SELECT DISTINCT user_id FROM valid_events)")
+    con.execute("CREATE TEMP VIEW scoring_events AS SELECT u.user_key, e.note_key, epoch_us(e.event_time) AS event_us,"
+                " e.event_type FROM valid_events e JOIN user_keys u ON u.user_id = e.user_id")
+    t_prep = time.perf_counter() - t0
+    for statement in sql_template.load("cooccurrence_score.sql", cfg.score_params()):
+        view = statement.split("VIEW", 1)[1].split()[0]
+        if view in MATERIALISED_VIEWS:
+            statement = statement.replace("TEMPORARY VIEW", "TEMPORARY TABLE", 1)
+        con.execute(statement)
+    candidates = con.execute("SELECT COUNT(*) FROM cooc_pair_candidates").fetchone()[0]
+    out = Path(args.out_dir) / "duckdb_pairs.parquet"
+    con.execute(f"""COPY (SELECT s.note_id AS src_note_id, d.note_id AS dst_note_id,
+                          CAST(r.score_units AS DOUBLE) / {SCORE_SCALE} AS score, r.n_users,
+                          CAST(r.pair_rank AS INTEGER) AS rank
+                   FROM cooc_related r JOIN note_keys s ON s.note_key = r.src_key
+                   JOIN note_keys d ON d.note_key = r.dst_key) TO '{out}' (FORMAT parquet)""")
+    print(json.dumps({"total_s": time.perf_counter() - t0, "prep_s": t_prep, "candidate_pairs": candidates}))
+
+
+def same_pairs(spark_part: Path, duck_file: Path) -> tuple[bool, int, int]:
+    import pyarrow.parquet as pq
+
+    cols = ["src_note_id", "dst_note_id", "score", "n_users", "rank"]
+    keys = [("src_note_id", "ascending"), ("rank", "ascending")]
+    a = contracts.read_table(spark_part, contracts.PAIRS).select(cols).sort_by(keys)
+    b = pq.read_table(duck_file).select(cols).sort_by(keys)
+    b = b.cast(a.schema)
+    return a.equals(b), a.num_rows, b.num_rows
+
+
+def bench(args, n: int) -> dict:
+    data = generate(Path(args.workdir), n, args.seed)
+    out = Path(args.workdir) / f"out-{n}"
+    events_in = sum(contracts.read_table(p, contracts.EVENTS, columns=["note_id"]).num_rows
+                    for p in parquet_files(data / "events"))
+    common = ["--max-events-per-user", str(args.max_events_per_user), "--max-gap-hours", str(args.max_gap_hours)]
+    result = {"events": events_in, "master": args.master}
+    if not args.skip_spark:
+        cmd = [sys.executable, "-m", "jobs.cooccurrence", "--events", str(data / "events"), "--notes",
+               str(data / "notes" / "notes.parquet"), "--out", str(out / "pairs"), "--quarantine-out",
+               str(out / "quarantine"), "--run-date", END_DATE.isoformat(), "--master", args.master,
+               "--driver-memory", args.driver_memory, *common]
+        if args.shuffle_partitions:
+            cmd += ["--shuffle-partitions", str(args.shuffle_partitions)]
+        wall, rss, _ = run_child(cmd)
+        stats = json.loads((out / "pairs" / f"dt={END_DATE}" / "_stats.json").read_text())
+        result["spark"] = {"wall_s": round(wall, 1), "job_s": stats["timings"]["total_s"], "peak_rss_gb": round(rss / 2**30, 2),
+                           "events_per_s": round(events_in / wall), "phases": stats["timings"],
+                           "used": stats["used"], "capped": stats["capped"], "users": stats["users"],
+                           "candidate_pairs": stats["candidate_pairs"], "pairs_written": stats["pairs_written"]}
+    if not args.skip_duckdb:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--duckdb-child", "--events-root", str(data / "events"),
+               "--notes", str(data / "notes" / "notes.parquet"), "--out-dir", str(out), "--run-date",
+               END_DATE.isoformat(), "--threads", str(args.threads), *common]
+        out.mkdir(parents=True, exist_ok=True)
+        wall, rss, stdout = run_child(cmd)
+        inner = json.loads(stdout.strip().splitlines()[-1])
+        result["duckdb"] = {"wall_s": round(wall, 1), "sql_s": round(inner["total_s"], 1),
+                            "peak_rss_gb": round(rss / 2**30, 2), "events_per_s": round(events_in / wall),
+                            "candidate_pairs": inner["candidate_pairs"]}
+    if "spark" in result and "duckdb" in result:
+        result["spark_over_duckdb"] = round(result["spark"]["wall_s"] / result["duckdb"]["wall_s"], 2)
+        same, n_spark, n_duck = same_pairs(out / "pairs" / f"dt={END_DATE}", out / "duckdb_pairs.parquet")
+        result["identical_output"] = same
+        if not same:
+            result["rows"] = [n_spark, n_duck]
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, nargs="+", default=[1_000_000])
+    p.add_argument("--workdir", default=str(REPO / "var" / "bench" / "cooccurrence"))
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--master", default="local[2]")
+    p.add_argument("--driver-memory", default="6g")
+    p.add_argument("--shuffle-partitions", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="DuckDB threads")
+    p.add_argument("--max-events-per-user", type=int, default=200)
+    p.add_argument("--max-gap-hours", type=float, default=24.0)
+    p.add_argument("--skip-spark", action="store_true")
+    p.add_argument("--skip-duckdb", action="store_true")
+    # internal: the DuckDB side in its own process (clean peak-memory figure)
+    p.add_argument("--duckdb-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--events-root", help=argparse.SUPPRESS)
+    p.add_argument("--notes", help=argparse.SUPPRESS)
+    p.add_argument("--out-dir", help=argparse.SUPPRESS)
+    p.add_argument("--run-date", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.duckdb_child:
+        duckdb_child(args)
+        return
+    print(f"# co-occurrence bench {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cpus")
+    for n in args.events:
+        print(json.dumps(bench(args, n), indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Training and test sets from mined pairs, as in the NoteLLM evaluation.
+
+Definitions (train run date T, test run date S, both mined by
+``jobs.cooccurrence``; S's window must start after T's window ends):
+
+* train pairs   = the pairs of partition ``dt=T``; optionally balanced: at most
+  ``max_pairs_per_category_pair`` pairs per (category of A, category of B),
+  the strongest ones (score desc, n_users desc, src id, dst id asc).
+* train notes   = every endpoint of any mined train pair, *before* balancing
+  (the notes the training window could have shown the model; conservative).
+* test pairs    = pairs of partition ``dt=S`` whose source and destination are
+  both outside the train notes. Each is used with the source as the query and
+  the destination as the ground truth.
+* test pool     = the notes of the test period outside the train notes: notes
+  with at least one valid event (any known type, known note, timestamp in S's
+  window) in S's window, plus notes created in that window, plus every test
+  pair endpoint.
+
+Output (replaced as a whole on rerun): ``<out>/train_pairs/``,
+``<out>/test_pairs/`` (PAIRS contract), ``<out>/pool/`` (POOL contract),
+``<out>/split.json`` (parameters and counts), then ``_stats.json`` and
+``_SUCCESS``.
+
+Run: ``python -m jobs.split --pairs P --train-date 2026-11-13 --test-date
+2026-11-20 --notes N --events E --out O [--max-pairs-per-category-pair K]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # spark-submit jobs/split.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs.cooccurrence import InputError, discover_event_files, notes_files, register_inputs
+from notellm import contracts
+from notellm.contracts import ContractError
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    pairs: Path
+    train_date: dt.date
+    test_date: dt.date
+    notes: Path
+    events: Path
+    out: Path
+    max_pairs_per_category_pair: int = 0      # 0 = no balancing
+    allow_missing_days: bool = False
+
+
+def _window(part: Path) -> tuple[dt.date, dt.date]:
+    try:
+        stats = contracts.require_success(part)
+    except ContractError as exc:
+        raise InputError(f"pairs: {exc}") from exc
+    try:
+        return dt.date.fromisoformat(stats["window_start"]), dt.date.fromisoformat(stats["window_end"])
+    except (KeyError, ValueError) as exc:
+        raise InputError(f"pairs: {part}/_stats.json has no window_start/window_end") from exc
+
+
+def check_inputs(cfg: SplitConfig):
+    train_part = contracts.partition_dir(cfg.pairs, cfg.train_date)
+    test_part = contracts.partition_dir(cfg.pairs, cfg.test_date)
+    train_window, test_window = _window(train_part), _window(test_part)
+    if test_window[0] <= train_window[1]:
+        raise InputError(f"the test window {test_window[0]}..{test_window[1]} must start after the train window "
+                         f"{train_window[0]}..{train_window[1]} ends (test pairs come from a later period)")
+    if cfg.max_pairs_per_category_pair < 0:
+        raise InputError("--max-pairs-per-category-pair must be >= 0 (0 = no balancing)")
+    days = [test_window[0] + dt.timedelta(days=i) for i in range((test_window[1] - test_window[0]).days + 1)]
+    files = discover_event_files(cfg.events, days, cfg.allow_missing_days)
+    return train_part, test_part, train_window, test_window, files, notes_files(cfg.notes)
+
+
+def write_frame(df, path: Path, contract) -> int:
+    df.repartition(1).write.mode("overwrite").parquet(str(path))
+    return contracts.read_table(path, contract).num_rows
+
+
+def run(spark, cfg: SplitConfig) -> dict:
+    t0 = time.perf_counter()
+    train_part, test_part, train_window, test_window, files, notes = check_inputs(cfg)
+    (cfg.out / contracts.SUCCESS_MARKER).unlink(missing_ok=True)   # the old split is invalid from here on
+    spark.read.parquet(str(train_part)).createOrReplaceTempView("split_train_all")
+    spark.read.parquet(str(test_part)).createOrReplaceTempView("split_test_all")
+    register_inputs(spark, files, notes)   # events_input, notes_input, note_keys
+    k = cfg.max_pairs_per_category_pair
+    start, end_excl = test_window[0].isoformat(), (test_window[1] + dt.timedelta(days=1)).isoformat()
+    cols = ", ".join(f"p.{c}" for c in contracts.PAIRS.columns)
+
+    spark.sql("""
+        CREATE OR REPLACE TEMPORARY VIEW split_train_notes AS
+        SELECT src_note_id AS note_id FROM split_train_all
+        UNION SELECT dst_note_id FROM split_train_all""")
+    spark.sql(f"""
+        CREATE OR REPLACE TEMPORARY VIEW split_train AS
+        SELECT {cols} FROM (
+          SELECT p.*, ROW_NUMBER() OVER (
+                   PARTITION BY COALESCE(s.category, ''), COALESCE(d.category, '')
+                   ORDER BY p.score DESC, p.n_users DESC, p.src_note_id, p.dst_note_id) AS category_rank
+          FROM split_train_all p
+          LEFT JOIN notes_input s ON s.note_id = p.src_note_id
+          LEFT JOIN notes_input d ON d.note_id = p.dst_note_id) p
+        WHERE {k} = 0 OR p.category_rank <= {k}""")
+    spark.sql(f"""
+        CREATE OR REPLACE TEMPORARY VIEW split_test AS
+        SELECT {cols} FROM split_test_all p
+        LEFT ANTI JOIN split_train_notes a ON a.note_id = p.src_note_id
+        LEFT ANTI JOIN split_train_notes b ON b.note_id = p.dst_note_id""")
+    spark.sql(f"""
+        CREATE OR REPLACE TEMPORARY VIEW split_pool AS
+        SELECT note_id FROM (
+          SELECT e.note_id FROM events_input e JOIN note_keys k ON k.note_id = e.note_id
+          WHERE e.user_id IS NOT NULL AND TRIM(e.user_id) <> ''
+            AND e.event_type IN ({", ".join(f"'{t}'" for t in contracts.EVENT_TYPES)})
+            AND e.event_time >= TIMESTAMP '{start} 00:00:00+00:00'
+            AND e.event_time < TIMESTAMP '{end_excl} 00:00:00+00:00'
+          UNION
+          SELECT note_id FROM notes_input
+          WHERE created_at >= TIMESTAMP '{start} 00:00:00+00:00' AND created_at < TIMESTAMP '{end_excl} 00:00:00+00:00'
+          UNION SELECT src_note_id FROM split_test
+          UNION SELECT dst_note_id FROM split_test) pool
+        LEFT ANTI JOIN split_train_notes t ON t.note_id = pool.note_id""")
+
+    counts = {
+        "train_pairs_mined": spark.table("split_train_all").count(),
+        "test_pairs_mined": spark.table("split_test_all").count(),
+        "train_notes": spark.table("split_train_notes").count(),
+    }
+    counts["train_pairs"] = write_frame(spark.table("split_train").sortWithinPartitions("src_note_id", "rank"),
+                                        cfg.out / "train_pairs", contracts.PAIRS)
+    counts["test_pairs"] = write_frame(spark.table("split_test").sortWithinPartitions("src_note_id", "rank"),
+                                       cfg.out / "test_pairs", contracts.PAIRS)
+    counts["pool_notes"] = write_frame(spark.table("split_pool").sortWithinPartitions("note_id"),
+                                       cfg.out / "pool", contracts.POOL)
+    counts["test_queries"] = spark.table("split_test").select("src_note_id").distinct().count()
+    params = {
+        "pairs": str(cfg.pairs), "notes": str(cfg.notes), "events": str(cfg.events),
+        "train_date": cfg.train_date.isoformat(), "test_date": cfg.test_date.isoformat(),
+        "train_window": [d.isoformat() for d in train_window], "test_window": [d.isoformat() for d in test_window],
+        "max_pairs_per_category_pair": k,
+        "definitions": {
+            "train_notes": "endpoints of all mined train pairs (before balancing)",
+            "test_pairs": "test-date pairs with neither endpoint in train_notes; query = src, ground truth = dst",
+            "pool": "notes with a valid event in the test window or created in it, plus test endpoints, "
+                    "minus train_notes",
+        },
+    }
+    split = {**params, "counts": counts, "timings": {"total_s": round(time.perf_counter() - t0, 3)}}
+    (cfg.out / "split.json").write_text(json.dumps(split, indent=2, sort_keys=True))
+    contracts.mark_success(cfg.out, split)
+    return split
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jobs.cooccurrence import _date
+
+    p = argparse.ArgumentParser(prog="python -m jobs.split", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--pairs", required=True, type=Path, help="mined pairs root (dt=YYYY-MM-DD partitions)")
+    p.add_argument("--train-date", required=True, type=_date)
+    p.add_argument("--test-date", required=True, type=_date)
+    p.add_argument("--notes", required=True, type=Path)
+    p.add_argument("--events", required=True, type=Path, help="events root, for the test pool")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--max-pairs-per-category-pair", type=int, default=0, help="balancing cap (0 = none)")
+    p.add_argument("--allow-missing-days", action="store_true")
+    p.add_argument("--master", default="local[*]")
+    p.add_argument("--shuffle-partitions", type=int, default=None)
+    p.add_argument("--driver-memory", default="4g")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = SplitConfig(args.pairs, args.train_date, args.test_date, args.notes, args.events, args.out,
+                      args.max_pairs_per_category_pair, args.allow_missing_days)
+    try:
+        check_inputs(cfg)
+    except InputError as exc:
+        print(f"split: error: {exc}", file=sys.stderr)
+        return 2
+    from jobs.spark_session import build_spark
+
+    spark = build_spark("notellm-split", args.master, args.shuffle_partitions, args.driver_memory)
+    try:
+        split = run(spark, cfg)
+    finally:
+        spark.stop()
+    print(json.dumps(split["counts"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
