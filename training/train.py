@@ -111,17 +111,18 @@ def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) training; returns the metrics dict (rank 0 writes files)."""
+def train(cfg: TrainConfig, return_model: bool = False):
+    """Run (or resume) training; returns the metrics dict (rank 0 writes files), and with
+    ``return_model`` also the in-memory NoteEncoder (for tests; under ZeRO-3 its
+    parameters are partitioned)."""
     import deepspeed
     import torch.distributed as dist
     from deepspeed.accelerator import get_accelerator
 
     from notellm.encoder import NoteEncoder
 
-    set_here = ensure_launch_env()
+    ensure_launch_env()
     accelerator = get_accelerator()
-    owns_group = not dist.is_initialized()
     deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), verbose=False)
     rank, world = dist.get_rank(), dist.get_world_size()
     on_cuda = accelerator.device_name() == "cuda"
@@ -270,15 +271,9 @@ def train(cfg: TrainConfig) -> dict:
         log.info("saved %s (tau=%.4f) after %d steps", out_dir / "model", tau, steps)
     if world > 1:
         dist.barrier()
-    if owns_group:
-        engine.destroy() if hasattr(engine, "destroy") else None
-        dist.destroy_process_group()
-        import deepspeed.comm as ds_comm
-        ds_comm.cdb = None  # let a later train() in the same process initialise afresh
-    if set_here:
-        for key in LAUNCH_ENV:
-            os.environ.pop(key, None)
-    return metrics
+    # The process group is left up: DeepSpeed caches its groups per process, so
+    # a later train() in the same process (tests, notebooks) reuses it.
+    return (metrics, engine.module.encoder) if return_model else metrics
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,169 @@
+"""End-to-end DeepSpeed training on CPU with a tiny random Llama (real tokenizer):
+saved-model reload, resume after a kill, ZeRO-3 export, 2-process equivalence,
+overfitting, and the evaluate / register / generate commands."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from notellm.encoder import NoteEncoder, tiny_llama
+from training.config import TrainConfig
+from training.synthetic import write_dataset
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from notellm.backbone import ensure_default_backbone
+    root = tmp_path_factory.mktemp("train")
+    tiny = tiny_llama(root / "tiny", ensure_default_backbone())
+    part, data = write_dataset(root / "data", n_pairs=16)
+    base = {"backbone": str(tiny), "pairs": str(part), "notes": str(data), "batch_pairs": 8, "lr": 1e-3,
+            "max_steps": STEPS, "save_every": 2, "log_every": 1, "seed": 0}
+    return root, base
+
+
+def write_cfg(root, base, name, **over):
+    cfg = {**base, "output_dir": str(root / name), **over}
+    path = root / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def log_rows(run_dir):
+    return [json.loads(x) for x in (Path(run_dir) / "train_log.jsonl").read_text().splitlines()]
+
+
+def env():
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        e.pop(k, None)
+    return e
+
+
+@pytest.fixture(scope="module")
+def full_run(setup):
+    from training.train import train
+    root, base = setup
+    cfg = TrainConfig.load(write_cfg(root, base, "full"))
+    metrics, encoder = train(cfg, return_model=True)
+    return root / "full", metrics, encoder
+
+
+def test_saved_model_reloads_with_equal_embeddings(full_run, setup):
+    run, metrics, encoder = full_run
+    from safetensors.torch import load_file
+    for f in (run / "model").glob("*.safetensors"):
+        assert all(t.numel() > 0 for t in load_file(str(f)).values()), f
+    loaded = NoteEncoder.load(run / "model")
+    from training.data import load_notes
+    notes = list(load_notes(setup[1]["notes"]).values())[:6]
+    np.testing.assert_allclose(loaded.embed_notes(notes), encoder.embed_notes(notes), atol=1e-5)
+    side = json.loads((run / "model" / "notellm.json").read_text())
+    assert side["tau"] == pytest.approx(log_rows(run)[-1]["tau"], abs=1e-2) and side["dim"] == 128
+    assert side["data_window"] == {"start": "2026-11-01", "end": "2026-11-25"}
+    rows = log_rows(run)
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert {"l_cl", "l_gen", "loss", "tau", "lr", "samples_per_s"} <= set(rows[0])
+    assert rows[0]["loss"] == pytest.approx((rows[0]["l_cl"] + 0.01 * rows[0]["l_gen"]) / 1.01, rel=1e-5)
+    assert json.loads((run / "metrics.json").read_text())["steps"] == STEPS
+
+
+def test_resume_after_kill_matches_uninterrupted(full_run, setup):
+    root, base = setup
+    cfg_path = write_cfg(root, base, "killed")
+    proc = subprocess.run([sys.executable, "-m", "training.train", "--config", str(cfg_path)], cwd=REPO,
+                          env={**env(), "NOTELLM_TRAIN_KILL_AFTER_STEP": "2"}, capture_output=True, text=True)
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    assert not (root / "killed" / "model").exists() and len(log_rows(root / "killed")) == 2
+    proc = subprocess.run([sys.executable, "-m", "training.train", "--config", str(cfg_path)], cwd=REPO, env=env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resumed from" in proc.stderr
+    resumed, full = log_rows(root / "killed"), log_rows(full_run[0])
+    assert [r["step"] for r in resumed] == [r["step"] for r in full]
+    for a, b in zip(resumed, full):
+        for key in ("l_cl", "l_gen", "tau", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
+
+
+def test_two_processes_match_one_process(full_run, setup):
+    """torchrun --nproc_per_node 2 over gloo: each rank holds half of the same global batch."""
+    root, base = setup
+    cfg_path = write_cfg(root, base, "two_proc")
+    from training.train import free_port
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(free_port()), "-m", "training.train", "--config", str(cfg_path)],
+                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two, one = log_rows(root / "two_proc"), log_rows(full_run[0])
+    assert json.loads((root / "two_proc" / "metrics.json").read_text())["world_size"] == 2
+    for a, b in zip(two, one):
+        for key in ("l_cl", "l_gen", "loss", "tau"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (a["step"], key)
+
+
+def test_zero3_exports_full_weights(setup):
+    from training.train import train
+    root, base = setup
+    cfg = TrainConfig.load(write_cfg(root, base, "zero3", deepspeed_config="zero3", max_steps=2, save_every=2))
+    train(cfg)
+    from safetensors.torch import load_file
+    state = load_file(str(root / "zero3" / "model" / "model.safetensors"))
+    assert state and all(t.numel() > 0 for t in state.values())
+    model = NoteEncoder.load(root / "zero3" / "model")
+    assert model.projection.weight.abs().sum() > 0
+    assert np.isfinite(model.embed_notes([{"title": "t", "content": "c", "hashtags": [], "category": "x"}])).all()
+
+
+def test_overfit_raises_in_batch_accuracy(setup):
+    from training.evaluate import evaluate_encoder
+    from training.data import load_training_pairs
+    from training.train import train
+    root, base = setup
+    cfg = TrainConfig.load(write_cfg(root, base, "overfit", max_steps=30, lr=2e-3, save_every=30, log_every=10))
+    metrics, encoder = train(cfg, return_model=True)
+    pairs, notes, _ = load_training_pairs(base["pairs"], base["notes"])
+    pool = sorted(notes)
+    trained = evaluate_encoder(encoder, pairs, pool, notes, ks=(1,), batch_pairs=16)
+    untrained = evaluate_encoder(NoteEncoder.build(base["backbone"]), pairs, pool, notes, ks=(1,), batch_pairs=16)
+    chance = trained["in_batch_chance"]
+    assert trained["in_batch_accuracy"] >= 0.9 > 10 * chance
+    assert trained["in_batch_accuracy"] > untrained["in_batch_accuracy"]
+    assert metrics["last"]["l_cl"] < 0.5 * metrics["first"]["l_cl"]
+
+
+def test_evaluate_register_generate_commands(full_run, setup, tmp_path, capsys):
+    from training import evaluate, generate, register
+    root, base = setup
+    model = str(full_run[0] / "model")
+    data = Path(base["notes"])
+    pool = data / "pool" / "dt=2026-11-25"
+    out = tmp_path / "eval.json"
+    assert evaluate.main(["--model", model, "--pairs", base["pairs"], "--pool", str(pool), "--notes", str(data),
+                          "--backbone-baseline", "--ks", "1,5,10", "--batch-pairs", "8", "--out", str(out)]) == 0
+    ev = json.loads(out.read_text())
+    assert set(ev) >= {"model", "backbone"} and 0 <= ev["model"]["recall"]["5"] <= 1
+    models = tmp_path / "models"
+    assert register.main(["--model", model, "--metrics", str(out), "--models-root", str(models), "--k", "10",
+                          "--min-recall", "1.01"]) == register.GATE_FAILED
+    from notellm.registry import current_approved, history
+    assert current_approved(models) is None and history(models)[-1]["approved"] is False
+    assert register.main(["--model", model, "--metrics", str(out), "--models-root", str(models), "--k", "10",
+                          "--no-baseline-required"]) == 0
+    assert current_approved(models)["model_id"] == json.loads((Path(model) / "notellm.json").read_text())["model_id"]
+    capsys.readouterr()
+    assert generate.main(["--model", model, "--notes", str(data), "--task", "category", "--constrained",
+                          "--limit", "3"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    cats = {"coffee", "bicycles", "beer", "economics"}
+    assert all(row["generated"] in cats for row in lines[:-1]) and lines[-1]["summary"]["notes"] == 3
