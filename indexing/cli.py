@@ -24,8 +24,18 @@ import os
 import sys
 from pathlib import Path
 
+import contextlib
+
 EXIT_BAD_INPUT = 2
 EXIT_GATE_FAILED = 3
+
+
+_OUT = sys.stdout
+
+
+def emit(text: str) -> None:
+    """Results go to the real stdout; everything libraries print goes to stderr (see main)."""
+    print(text, file=_OUT, flush=True)
 
 
 def _add_model_args(p):
@@ -139,7 +149,7 @@ def _print_hits(hits, titles):
         line = {"rank": rank, "note_id": nid, "score": round(float(score), 6)}
         if titles:
             line["title"] = titles.get(nid)
-        print(json.dumps(line, ensure_ascii=False))
+        emit(json.dumps(line, ensure_ascii=False))
 
 
 def cmd_embed(args) -> int:
@@ -152,11 +162,11 @@ def cmd_embed(args) -> int:
         enc = EncoderConfig.from_json(model_dir / SIDECAR)
         plan, _ = embed.make_plan(read_table(args.notes, NOTES), enc.prompt_config, config.shard_size)
         embed.finalize(args.emb_root, enc.model_id, plan)
-        print(json.dumps({"finalized": str(args.emb_root / enc.model_id), "notes": len(plan.note_ids)}))
+        emit(json.dumps({"finalized": str(args.emb_root / enc.model_id), "notes": len(plan.note_ids)}))
         return 0
     stats = pipeline.run_embed(model_dir, args.notes, args.emb_root, config, args.num_procs, args.rank,
                                args.world_size)
-    print(json.dumps({"emb_dir": str(args.emb_root), "model_dir": str(model_dir), **stats}))
+    emit(json.dumps({"emb_dir": str(args.emb_root), "model_dir": str(model_dir), **stats}))
     return 0
 
 
@@ -174,7 +184,7 @@ def cmd_build(args) -> int:
     info = {"out": str(args.out), "model_id": enc.model_id, "num_vectors": len(ids), "index": built.description,
             "build_seconds": round(built.build_seconds, 3), "on_gpu": built.on_gpu}
     (args.out / "build.json").write_text(json.dumps(info, indent=2))
-    print(json.dumps(info))
+    emit(json.dumps(info))
     return 0
 
 
@@ -189,13 +199,13 @@ def cmd_publish(args) -> int:
     result = pipeline.run_nightly(notes_path=args.notes, model_dir=model_dir, emb_root=args.emb_root,
                                   snapshot_root=args.snapshot_root, date=args.date or pipeline.today(),
                                   config=config, pairs_path=args.test_pairs, pool_path=args.pool)
-    print(json.dumps(result))
+    emit(json.dumps(result))
     return 0
 
 
 def cmd_rollback(args) -> int:
     from indexing.publish import rollback
-    print(json.dumps(rollback(args.snapshot_root, args.to)))
+    emit(json.dumps(rollback(args.snapshot_root, args.to)))
     return 0
 
 
@@ -203,9 +213,9 @@ def cmd_info(args) -> int:
     from indexing.publish import list_snapshots
     from indexing.snapshot import Snapshot, current_name
     snap = Snapshot.open(args.snapshot_root, args.name, verify=not args.no_verify)
-    print(json.dumps({"current": current_name(args.snapshot_root), "opened": snap.name,
+    emit(json.dumps({"current": current_name(args.snapshot_root), "opened": snap.name,
                       "snapshots": [s["name"] for s in list_snapshots(args.snapshot_root)],
-                      "manifest": snap.info()}, indent=2))
+                      "manifest": snap.info()}))
     return 0
 
 
@@ -243,8 +253,13 @@ def main(argv=None) -> int:
     from indexing.gate import GateFailed
     from indexing.snapshot import SnapshotError
     from notellm.contracts import ContractError
+    global _OUT
+    _OUT = sys.stdout
     try:
-        return COMMANDS[args.cmd](args)
+        # Libraries (DeepSpeed's accelerator probe, tqdm, transformers) print to stdout;
+        # the DAG parses our stdout as JSON lines, so send theirs to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            return COMMANDS[args.cmd](args)
     except GateFailed as exc:
         print(f"quality gate failed: {exc}", file=sys.stderr)
         return EXIT_GATE_FAILED
