@@ -29,7 +29,8 @@ def overlap(a, b):
 def test_choose_index_type_by_size():
     c = IndexConfig()
     assert choose_index_type(10, c) == "flat" and choose_index_type(100_000, c) == "flat"
-    assert choose_index_type(100_001, c) == "hnsw" and choose_index_type(6_000_000, c) == "ivf"
+    assert choose_index_type(100_001, c) == "ivf" and choose_index_type(6_000_000, c) == "ivf"
+    assert choose_index_type(10**6, IndexConfig(index_type="hnsw")) == "hnsw"
     assert choose_index_type(10, IndexConfig(index_type="ivf")) == "ivf"
     assert default_nlist(1_000_000) == 4000 and default_nlist(100) == 2 and default_nlist(10) == 1
 
