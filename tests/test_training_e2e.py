@@ -101,9 +101,16 @@ def test_two_processes_match_one_process(full_run, setup):
     root, base = setup
     cfg_path = write_cfg(root, base, "two_proc")
     from training.train import free_port
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(free_port()), "-m", "training.train", "--config", str(cfg_path)],
-                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=240)
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", str(free_port()), "-m", "training.train", "--config", str(cfg_path)],
+                            cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)  # the launcher and both workers: never leave ranks behind
+        raise
+    proc.stderr = stderr
     assert proc.returncode == 0, proc.stderr[-3000:]
     two, one = log_rows(root / "two_proc"), log_rows(full_run[0])
     assert json.loads((root / "two_proc" / "metrics.json").read_text())["world_size"] == 2

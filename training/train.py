@@ -60,6 +60,9 @@ def free_port() -> int:
 def ensure_launch_env() -> bool:
     """Single-rank environment when no launcher set one. Returns True if set here."""
     if all(k in os.environ for k in LAUNCH_ENV):
+        if os.environ["MASTER_PORT"] == "0" and os.environ["WORLD_SIZE"] != "1":
+            # torchrun --master_port 0 hands port 0 to the workers, whose rendezvous then hangs
+            raise RuntimeError("MASTER_PORT=0 with several ranks: pass a real --master_port to the launcher")
         return False
     if "RANK" in os.environ or "WORLD_SIZE" in os.environ:
         missing = [k for k in LAUNCH_ENV if k not in os.environ]
