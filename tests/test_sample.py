@@ -92,6 +92,11 @@ def test_time_window_and_no_event_before_note_creation(world_events):
     assert t.min() >= start and t.max() < end
     note_idx = events.column("note_id").combine_chunks().indices.to_numpy()
     assert (t >= world.created_us[note_idx]).all()
+    # no exact duplicate events in the clean log (ingest would quarantine them)
+    keys = events.select(["user_id", "note_id", "event_type", "event_time"])
+    keys = pa.table({k: keys.column(k).cast(pa.string()) if k != "event_time" else keys.column(k)
+                     for k in keys.column_names})
+    assert keys.group_by(keys.column_names).aggregate([]).num_rows == events.num_rows
     # half the notes are created inside the window: a later test period has new notes
     assert 0.3 < np.mean(world.created_us >= start) < 0.7
 

@@ -355,7 +355,6 @@ def generate_events(cfg: SampleConfig, world: World) -> pa.Table:
     first = np.concatenate([[0], np.cumsum(n_imp)[:-1]])
     cum_gaps = np.cumsum(gaps)
     imp_time = s_start[sess] + (cum_gaps - cum_gaps[first][sess])   # first impression at session start
-    imp_time = np.minimum(imp_time, end_us - 1)
 
     # Note choice: popularity-weighted among notes of the topic created before the impression.
     key_scale = np.int64(1) << np.int64(52)
@@ -388,8 +387,12 @@ def generate_events(cfg: SampleConfig, world: World) -> pa.Table:
     notes = np.concatenate([imp_note, imp_note[viewed], imp_note[clicked], bot_note])
     kinds = np.concatenate([np.zeros(n_i, np.int8), np.ones(int(viewed.sum()), np.int8),
                             np.full(int(clicked.sum()), 2, np.int8), np.full(bot_n, 2, np.int8)])
-    times = np.concatenate([imp_time, np.minimum(imp_time[viewed] + view_delay[viewed], end_us - 1),
-                            np.minimum(imp_time[clicked] + click_delay[clicked], end_us - 1), bot_time])
+    times = np.concatenate([imp_time, imp_time[viewed] + view_delay[viewed],
+                            imp_time[clicked] + click_delay[clicked], bot_time])
+    # The log is cut at the window end: late session tails are dropped (clipping them to the
+    # last microsecond instead would create exact duplicate events).
+    in_window = np.flatnonzero(times < end_us)
+    users, notes, kinds, times = users[in_window], notes[in_window], kinds[in_window], times[in_window]
     by_time = np.argsort(times, kind="stable")
     return pa.table({
         "user_id": pa.DictionaryArray.from_arrays(pa.array(users[by_time].astype(np.int32)),
