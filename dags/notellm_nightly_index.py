@@ -55,13 +55,13 @@ def notellm_nightly_index():
                "--date", ds, "--index-type", params["index_type"], "--keep", str(params["keep"]),
                "--min-ann-recall", str(params["min_ann_recall"]),
                "--max-recall-drop", str(params["max_recall_drop"])]
-        split = p["splits"] / f"dt={ds}"
-        if (split / "_SUCCESS").exists():
-            cmd += ["--test-pairs", str(split / "test_pairs"), "--pool", str(split / "pool")]
-        if params["incremental"]:
-            cmd.append("--incremental")
+        # The newest complete split (if any) feeds the Recall@K gate against the live snapshot.
+        splits = sorted(d for d in p["splits"].glob("dt=*") if (d / "_SUCCESS").exists() and d.name <= f"dt={ds}")
+        if splits:
+            cmd += ["--test-pairs", str(splits[-1] / "test_pairs"), "--pool", str(splits[-1] / "pool")]
+        cmd.append("--incremental" if params["incremental"] else "--full")
         result = last_json_line(run_stage(cmd))
-        outlet_events[INDEX_ASSET].extra = {"snapshot": result["snapshot"],
+        outlet_events[INDEX_ASSET].extra = {"snapshot": result["snapshot"], "path": result["path"],
                                             "manifest_sha256": result["manifest_sha256"]}
         return result
 
@@ -70,11 +70,12 @@ def notellm_nightly_index():
         """Open what consumers will open: CURRENT, checksums verified."""
         from notellm_common import last_json_line, paths, python, run_stage
 
-        info = last_json_line(run_stage([python(), "-m", "indexing.cli", "info", "--root", str(paths()["index"]),
-                                         "--json"]))
-        if info.get("snapshot_id") != published.get("snapshot_id", info.get("snapshot_id")):
-            raise RuntimeError(f"CURRENT points to {info.get('snapshot_id')}, expected {published.get('snapshot_id')}")
-        return info
+        info = last_json_line(run_stage([python(), "-m", "indexing.cli", "info",
+                                         "--snapshot-root", str(paths()["index"])]))
+        if info["current"] != published["snapshot"]:
+            raise RuntimeError(f"CURRENT points to {info['current']}, expected {published['snapshot']}")
+        manifest = info["manifest"]
+        return {"snapshot": info["current"], "num_vectors": manifest["num_vectors"], "metrics": manifest["metrics"]}
 
     verify_snapshot(publish_snapshot())
 

@@ -12,10 +12,12 @@ DeepSpeed config) from the UI ("Trigger DAG w/ config") or
    workers, a single CPU process otherwise). Its output directory is derived from
    the logical date and the Params, so a retried task resumes from the last
    checkpoint instead of starting over. Bounded by `execution_timeout`.
-3. `evaluate`: Recall@K on the test pairs for the new model and the untrained
-   backbone.
-4. `register`: the quality gate; only a passing model becomes `APPROVED.json`
-   and emits the `notellm_model` Asset (which triggers the nightly index).
+3. `evaluate`: Recall@K on the test pairs for the new model, the untrained
+   backbone and the currently approved model (same test set).
+4. `register`: the quality gate (beat the untrained backbone, reach `min_recall`,
+   lose at most `max_recall_regression` against the approved model); only a
+   passing model becomes `APPROVED.json` and emits the `notellm_model` Asset
+   (which triggers the nightly index). A refusal fails without retry.
 """
 
 from __future__ import annotations
@@ -52,10 +54,10 @@ from notellm_common import DEFAULT_ARGS, MODEL_ASSET
         "learning_rate": Param(1e-4, type="number", exclusiveMinimum=0),
         "num_gpus": Param(0, type="integer", minimum=0, description="0 = one CPU process"),
         "deepspeed_config": Param("zero2", enum=["zero2", "zero3"]),
-        "max_pool": Param(0, type="integer", minimum=0, description="cap the evaluation pool (0 = all)"),
         "timeout_minutes": Param(240, type="integer", minimum=1),
-        "min_recall_gain": Param(0.0, type="number",
-                                 description="new model's Recall@100 must beat the untrained backbone by this"),
+        "min_recall": Param(0.0, type="number", description="floor for the new model's Recall@100"),
+        "max_recall_regression": Param(0.01, type="number",
+                                       description="allowed Recall@100 drop against the approved model"),
     },
 )
 def notellm_retraining():
@@ -63,38 +65,40 @@ def notellm_retraining():
     def split_pairs(ds=None, params=None) -> dict:
         import datetime as dt
 
-        from notellm_common import last_json_line, paths, python, run_stage
+        from notellm_common import paths, python, run_stage
 
         p = paths()
         test_date = dt.date.fromisoformat(ds)
         train_date = test_date - dt.timedelta(days=params["test_days"])
-        out = run_stage([
+        out = p["splits"] / f"dt={ds}"
+        run_stage([
             python(), "-m", "jobs.split",
             "--pairs", str(p["pairs"]), "--notes", str(p["notes"]), "--events", str(p["events"]),
             "--train-date", train_date.isoformat(), "--test-date", test_date.isoformat(),
-            "--test-days", str(params["test_days"]),
-            "--out", str(p["splits"]),
+            "--out", str(out),
         ])
-        return last_json_line(out)
+        return {"split": str(out), "train_pairs": str(out / "train_pairs"), "test_pairs": str(out / "test_pairs"),
+                "pool": str(out / "pool")}
 
     @task(execution_timeout=pendulum.duration(hours=8))
-    def train(split: dict, ds=None, params=None, run_id=None) -> dict:
+    def train(split: dict, ds=None, params=None) -> dict:
         import hashlib
         import json
 
-        from notellm_common import REPO, last_json_line, paths, python, run_stage
+        from notellm_common import paths, python, run_stage
 
         p = paths()
         keys = ["base_model", "template_version", "window_days", "test_days", "max_steps", "batch_pairs",
                 "learning_rate", "num_gpus", "deepspeed_config"]
         digest = hashlib.sha256(json.dumps({k: params[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:8]
         # Same date + same Params -> same directory: a retry resumes from its checkpoints.
-        output_dir = p["models"] / "runs" / f"{ds}-{digest}"
+        run_dir = p["models"] / "runs" / f"{ds}-{digest}"
         overrides = [
-            f"backbone={params['base_model']}", f"train_pairs={split['train_pairs']}", f"notes={p['notes']}",
-            f"output_dir={output_dir}", f"max_steps={params['max_steps']}", f"batch_pairs={params['batch_pairs']}",
+            f"backbone={params['base_model']}", f"pairs={split['train_pairs']}", f"notes={p['notes']}",
+            f"output_dir={run_dir}", f"max_steps={params['max_steps']}", f"batch_pairs={params['batch_pairs']}",
             f"lr={params['learning_rate']}", f"template_version={params['template_version']}",
-            f"deepspeed_config={REPO / 'training' / 'configs' / (params['deepspeed_config'] + '.json')}",
+            f"deepspeed_config={params['deepspeed_config']}",
+            f"save_every={max(1, params['max_steps'] // 4)}", "log_every=5",
         ]
         sets = [a for o in overrides for a in ("--set", o)]
         if params["num_gpus"] > 0:
@@ -102,27 +106,27 @@ def notellm_retraining():
         else:
             cmd = [python(), "-m", "training.train"] + sets
         run_stage(cmd, timeout=params["timeout_minutes"] * 60)
-        return {"model_dir": str(output_dir)}
+        return {"run_dir": str(run_dir), "model_dir": str(run_dir / "model")}
 
     @task
-    def evaluate(trained: dict, split: dict, params=None) -> dict:
-        from notellm_common import last_json_line, paths, python, run_stage
+    def evaluate(trained: dict, split: dict) -> dict:
+        from notellm_common import paths, python, run_stage
 
-        cmd = [python(), "-m", "training.evaluate", "--model", trained["model_dir"],
-               "--pairs", split["test_pairs"], "--pool", split["pool"], "--notes", str(paths()["notes"]),
-               "--backbone-baseline", "--out", trained["model_dir"] + "/eval.json"]
-        if params["max_pool"]:
-            cmd += ["--max-pool", str(params["max_pool"])]
-        return last_json_line(run_stage(cmd))
+        p = paths()
+        out = trained["run_dir"] + "/eval.json"
+        run_stage([python(), "-m", "training.evaluate", "--model", trained["model_dir"],
+                   "--pairs", split["test_pairs"], "--pool", split["pool"], "--notes", str(p["notes"]),
+                   "--backbone-baseline", "--approved-root", str(p["models"]), "--out", out])
+        return {"eval": out}
 
     @task(outlets=[MODEL_ASSET])
-    def register(trained: dict, metrics: dict, params=None, outlet_events=None) -> dict:
+    def register(trained: dict, evaluation: dict, params=None, outlet_events=None) -> dict:
         from notellm_common import last_json_line, paths, python, run_stage
 
-        out = run_stage([python(), "-m", "training.register", "--model", trained["model_dir"],
-                         "--metrics", trained["model_dir"] + "/eval.json", "--models-root", str(paths()["models"]),
-                         "--min-gain", str(params["min_recall_gain"])])
-        record = last_json_line(out)
+        record = last_json_line(run_stage([
+            python(), "-m", "training.register", "--model", trained["model_dir"], "--metrics", evaluation["eval"],
+            "--models-root", str(paths()["models"]), "--k", "100",
+            "--min-recall", str(params["min_recall"]), "--max-regression", str(params["max_recall_regression"])]))
         outlet_events[MODEL_ASSET].extra = {"model_dir": record["model_dir"], "model_id": record["model_id"]}
         return record
 

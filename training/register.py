@@ -26,10 +26,11 @@ import json
 import sys
 from pathlib import Path
 
+from notellm.contracts import EXIT_GATE_FAILED
 from notellm.encoder import SIDECAR
 from notellm.registry import current_approved, register
 
-GATE_FAILED = 2
+GATE_FAILED = EXIT_GATE_FAILED
 
 
 def decide(metrics: dict, k: int, min_recall: float, max_regression: float, approved_record: dict | None,
@@ -94,7 +95,8 @@ def main(argv=None) -> int:
     reason = "; ".join(reasons)
     record = register(args.models_root, model_dir, sidecar["model_id"], metrics, approved=ok, reason=reason,
                       data_window=sidecar.get("data_window"))
-    print(json.dumps({"approved": ok, "reason": reason, "model_id": record["model_id"]}))
+    print(json.dumps({"approved": ok, "reason": reason, "model_id": record["model_id"],
+                      "model_dir": record["model_dir"]}))
     if not ok:
         print(f"quality gate FAILED for {model_dir}: {reason}", file=sys.stderr)
         return GATE_FAILED

@@ -281,7 +281,8 @@ def train(cfg: TrainConfig, return_model: bool = False):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="training config JSON (see training/config.py)")
+    parser.add_argument("--config", default=None,
+                        help="training config JSON (see training/config.py); defaults are the paper's")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (JSON value), repeatable")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
