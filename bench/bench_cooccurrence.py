@@ -16,7 +16,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -45,17 +44,42 @@ def generate(workdir: Path, events: int, seed: int) -> Path:
     return root
 
 
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            total += int(open(f"/proc/{p}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 def run_child(cmd: list[str]) -> tuple[float, int, str]:
-    """Run ``cmd`` under /usr/bin/time; return (wall s, peak RSS bytes of the
-    largest process in the tree, stdout)."""
+    """Run ``cmd``; return (wall s, peak resident bytes of its whole process
+    tree, sampled every 0.2 s (the Spark JVM is a grandchild), stdout)."""
     t = time.perf_counter()
-    res = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *cmd], cwd=REPO, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(proc.pid))
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t
-    if res.returncode != 0:
-        raise RuntimeError(f"{cmd[:3]} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    rss = max(int(line.split("=")[1]) for line in res.stderr.splitlines() if line.startswith("MAXRSS_KB="))
-    return wall, rss * 1024, res.stdout
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    return wall, peak, stdout
 
 
 def duckdb_child(args) -> None:

@@ -191,7 +191,9 @@ def discover_event_files(events_root: Path, days: list[dt.date], allow_missing_d
                 raise InputError(f"events: {exc}") from exc
             (found.landing if form is contracts.EVENTS_LANDING else found.contract).append(str(path))
     if found.missing_days and (not allow_missing_days or not found.all):
-        raise InputError(f"events: no Parquet files for day(s) {', '.join(found.missing_days)} of the window "
+        shown = ", ".join(found.missing_days[:10]) + (f" (+{len(found.missing_days) - 10} more)"
+                                                       if len(found.missing_days) > 10 else "")
+        raise InputError(f"events: no Parquet files for day(s) {shown} of the window "
                          f"{days[0]}..{days[-1]} under {events_root} (expected dt=YYYY-MM-DD/*.parquet; "
                          f"--allow-missing-days accepts gaps)")
     return found
@@ -339,7 +341,8 @@ def run(spark, cfg: Config) -> dict:
         "params": {k: v for k, v in dataclasses.asdict(cfg).items()
                    if k not in ("events", "notes", "out", "quarantine_out", "run_date")},
         "inputs": {"events": str(cfg.events), "notes": str(cfg.notes), "contract_files": len(files.contract),
-                   "landing_files": len(files.landing), "missing_days": files.missing_days},
+                   "landing_files": len(files.landing), "missing_days": len(files.missing_days),
+                   "missing_days_first": files.missing_days[:10]},
         "events_in": sum(counts.values()),
         "quarantined": by_reason,
         "quarantined_total": counts["quarantined"],
