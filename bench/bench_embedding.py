@@ -9,7 +9,7 @@ machine in one run:
 * naive: fp32, unsorted batches of 32 padded to the corpus' maximum prompt length;
 * length-sorted fp32 (dynamic padding only);
 * the project's embedder (``indexing.embed.embed_corpus``: length-sorted, dynamic
-  padding, bf16 autocast = precision 'auto'), full run over ``--notes`` notes;
+  padding, precision 'auto': bf16 only with native CPU bf16), full run over ``--notes`` notes;
 * an incremental run after 1% of the notes changed, versus the full run.
 
 Throughput is notes/s of model time; the model's projection is random (speed
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     cos_bf16 = (sorted_fp32 * sorted_bf16).sum(1)
     cos_naive = (sorted_fp32 * naive).sum(1)
 
-    cfg = EmbedConfig(incremental=False, progress=False)      # defaults: precision auto (bf16), shard 2048, batch 32
+    cfg = EmbedConfig(incremental=False, progress=False)      # defaults: precision auto, shard 2048, batch 32
     full = embed_corpus(enc, table, work / "emb", cfg)
     changed = list(rows)
     k = max(1, len(rows) // 100)

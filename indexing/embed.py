@@ -59,11 +59,12 @@ PRECISIONS = ("auto", "bf16", "fp32")
 class EmbedConfig:
     """Knobs of an embedding run.
 
-    ``precision='auto'`` means bf16 autocast on GPU and on CPU: on this
-    project's 2-core AVX2 CPU, bf16 autocast embeds SmolLM2-135M notes about
-    2.8x faster than fp32 with cosine 0.99998 between the two (see
-    docs/benchmarks.md, "Embedding and index"); use ``fp32`` for bit-exact
-    reference runs.
+    ``precision='auto'`` means bf16 autocast on GPU, and on CPU only where the
+    CPU has native bf16 (AVX512-BF16 / AMX). Measured on this project's 2-core
+    AVX2 EPYC (no native bf16; docs/benchmarks.md "Embedding and index"):
+    bf16 autocast embeds SmolLM2-135M notes ~9x *slower* than fp32 (0.36 vs
+    3.08 notes/s) at cosine 0.99993 min, so 'auto' is fp32 there. Force with
+    ``bf16`` / ``fp32``.
     """
 
     shard_size: int = 2048
@@ -79,9 +80,18 @@ class EmbedConfig:
             raise ValueError("shard_size and batch_size must be positive")
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo (Linux); False when unknown."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def use_bf16(precision: str, device_type: str) -> bool:
     if precision == "auto":
-        return device_type in ("cuda", "cpu")
+        return device_type == "cuda" or (device_type == "cpu" and cpu_has_native_bf16())
     return precision == "bf16"
 
 
