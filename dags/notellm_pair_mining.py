@@ -105,7 +105,7 @@ def notellm_pair_mining():
         part = paths()["pairs"] / f"dt={ds}"
         stats = require_success(part)
         events_in = int(stats.get("events_in", 0))
-        pairs_out = int(stats.get("pairs_out", stats.get("pairs_after_top", 0)))
+        pairs_out = int(stats["pairs_written"])
         if events_in < params["min_events"]:
             raise ValueError(f"{part}: only {events_in} events in the window (min_events={params['min_events']})")
         if pairs_out < params["min_pairs"]:

@@ -37,6 +37,11 @@ def default_shuffle_partitions(master: str) -> int:
     return 200
 
 
+def launched_by_spark_submit() -> bool:
+    """True inside a driver started by ``spark-submit`` (its JVM hands PySpark a gateway)."""
+    return bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
+
+
 def build_spark(app_name: str, master: str = DEFAULT_MASTER, shuffle_partitions: int | None = None,
                 driver_memory: str | None = "4g", extra_conf: dict | None = None):
     """Return a SparkSession configured for the ``jobs/`` stage.
@@ -46,7 +51,16 @@ def build_spark(app_name: str, master: str = DEFAULT_MASTER, shuffle_partitions:
     """
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(app_name).master(master)
+    builder = SparkSession.builder.appName(app_name)
+    if launched_by_spark_submit():
+        # spark-submit already chose the master (e.g. from Airflow's spark connection);
+        # overriding it here would silently run a cluster job in local mode.
+        from pyspark import SparkConf, SparkContext
+
+        SparkContext._ensure_initialized()  # connect to spark-submit's JVM so SparkConf sees its settings
+        master = SparkConf().get("spark.master", master)
+    else:
+        builder = builder.master(master)
     conf = {
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": str(shuffle_partitions or default_shuffle_partitions(master)),

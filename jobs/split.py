@@ -156,6 +156,11 @@ def run(spark, cfg: SplitConfig) -> dict:
     }
     split = {**params, "counts": counts, "timings": {"total_s": round(time.perf_counter() - t0, 3)}}
     (cfg.out / "split.json").write_text(json.dumps(split, indent=2, sort_keys=True))
+    # Each table is a partition of its own for its readers (training refuses an
+    # unmarked pairs folder); the split as a whole is marked last.
+    for name in ("train_pairs", "test_pairs", "pool"):
+        contracts.mark_success(cfg.out / name, {"table": name, "rows": counts[name if name != "pool" else "pool_notes"],
+                                                "split": str(cfg.out)})
     contracts.mark_success(cfg.out, split)
     return split
 

@@ -10,6 +10,8 @@ export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-2}"
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
 # Spark master for SparkSubmitOperator; point host at spark://..., yarn, k8s://... on a cluster.
 export AIRFLOW_CONN_SPARK_DEFAULT="${AIRFLOW_CONN_SPARK_DEFAULT:-{\"conn_type\": \"spark\", \"host\": \"local[2]\"}}"
+# Local mode: bind the Spark driver to loopback (spark-submit reads SPARK_LOCAL_IP).
+export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 export NOTELLM_PYTHON="${NOTELLM_PYTHON:-$_repo/.venv/bin/python}"
 # spark-submit, deepspeed and airflow come from the project's virtualenv.
 export PATH="$_repo/.venv/bin:$PATH"
