@@ -39,7 +39,9 @@ PAIRS_ASSET = Asset(name="notellm_pairs", uri=f"file://{DEFAULT_ROOT}/pairs")
 MODEL_ASSET = Asset(name="notellm_model", uri=f"file://{DEFAULT_ROOT}/models/APPROVED.json")
 INDEX_ASSET = Asset(name="notellm_index", uri=f"file://{DEFAULT_ROOT}/index/CURRENT")
 
-GATE_FAILED_EXIT = 3  # stages exit with this code when a quality gate refuses; not worth a retry
+# = notellm.contracts.EXIT_GATE_FAILED (not imported: parsing must not load pyarrow);
+# stages exit with it when a quality gate refuses, which is not worth a retry.
+GATE_FAILED_EXIT = 3
 
 DEFAULT_ARGS = {
     "owner": "notellm",

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import contextlib
 
-EXIT_BAD_INPUT = 2
-EXIT_GATE_FAILED = 3
+from notellm.contracts import EXIT_BAD_INPUT, EXIT_GATE_FAILED  # noqa: F401  (the DAGs rely on these codes)
 
 
 _OUT = sys.stdout

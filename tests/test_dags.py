@@ -88,3 +88,14 @@ def test_parsing_is_light_and_fast(parsed):
 def test_no_connection_lookup_at_parse_time(parsed):
     # The lookup tripwire turns any parse-time lookup into an import error.
     assert not any("connection lookup" in e for e in parsed["errors"].values())
+
+
+def test_gate_exit_code_matches_the_stages_contract():
+    sys.path.insert(0, str(DAGS))
+    try:
+        import notellm_common
+    finally:
+        sys.path.remove(str(DAGS))
+    from notellm.contracts import EXIT_GATE_FAILED
+
+    assert notellm_common.GATE_FAILED_EXIT == EXIT_GATE_FAILED
