@@ -37,7 +37,7 @@ DEFAULT_ROOT = os.environ.get("NOTELLM_ROOT", str(REPO / "var" / "pipeline"))
 # Assets: static URIs; the concrete partition / model / snapshot travels in the event extra.
 PAIRS_ASSET = Asset(name="notellm_pairs", uri=f"file://{DEFAULT_ROOT}/pairs")
 MODEL_ASSET = Asset(name="notellm_model", uri=f"file://{DEFAULT_ROOT}/models/APPROVED.json")
-INDEX_ASSET = Asset(name="notellm_index", uri=f"file://{DEFAULT_ROOT}/index/CURRENT")
+INDEX_ASSET = Asset(name="notellm_index", uri=f"file://{DEFAULT_ROOT}/index/snapshots/CURRENT")
 
 # = notellm.contracts.EXIT_GATE_FAILED (not imported: parsing must not load pyarrow);
 # stages exit with it when a quality gate refuses, which is not worth a retry.

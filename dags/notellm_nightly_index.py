@@ -6,7 +6,7 @@ Every night at 02:00 UTC, and whenever a new model is approved (the
 or changed notes; unchanged ones reuse their stored vectors), builds the FAISS
 index, runs the quality gates and publishes an atomic snapshot.
 
-Consumers follow `<root>/index/CURRENT`; the `notellm_index` Asset event carries
+Consumers follow `<root>/index/snapshots/CURRENT`; the `notellm_index` Asset event carries
 the snapshot path and the manifest's sha256. A failing gate fails
 `publish_snapshot` without retry and leaves the previous snapshot live.
 """
