@@ -21,13 +21,12 @@ stays where it was.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 
 import numpy as np
 
 from indexing.build import BuiltIndex, exact_neighbors, normalize, recall_vs_exact, _sample_rows
-from notellm.metrics import recall_at_k
+from notellm.metrics import recall_at_k, test_set_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +56,6 @@ def ann_recall(built: BuiltIndex, vectors: np.ndarray, config: GateConfig) -> di
     return {"k": k, "queries": int(len(q)), "recall": float(recall_vs_exact(approx, exact))}
 
 
-def test_set_digest(pairs: list, pool_ids: list) -> str:
-    h = hashlib.sha256()
-    for a, b in pairs:
-        h.update(f"{a}\t{b}\n".encode())
-    h.update(b"--pool--\n")
-    for p in pool_ids:
-        h.update(f"{p}\n".encode())
-    return h.hexdigest()
 
 
 def related_recall(note_ids: list, vectors: np.ndarray, pairs: list, pool_ids: list, ks) -> dict:
@@ -107,7 +98,7 @@ def run_gate(built: BuiltIndex, note_ids: list, vectors: np.ndarray, config: Gat
             raise ValueError("test pairs given without a test pool")
         ks = tuple(sorted(set(config.recall_ks) | {config.recall_k}))
         rel = related_recall(note_ids, normalize(vectors), pairs, pool_ids, ks)
-        digest = test_set_digest(pairs, pool_ids)
+        digest = test_set_fingerprint(pairs, pool_ids)
         rel["test_set_sha256"] = digest
         metrics["related_recall"] = {"recall": {str(k): v for k, v in rel["recall"].items()},
                                      "k_capped": {str(k): v for k, v in rel["k_capped"].items()},

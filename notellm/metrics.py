@@ -14,6 +14,7 @@ where rank_q(t) = 1 + |{p in P \\ {q, t} : s(q, p) > s(q, t)}|
 
 from __future__ import annotations
 
+import hashlib
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -135,3 +136,18 @@ def in_batch_accuracy(emb_a: np.ndarray, emb_b: np.ndarray) -> float:
     np.fill_diagonal(sim, -np.inf)
     partner = np.concatenate([np.arange(b, 2 * b), np.arange(b)])
     return float((sim.argmax(axis=1) == partner).mean())
+
+
+def test_set_fingerprint(pairs: Iterable[tuple[str, str]], pool: Iterable[str]) -> str:
+    """sha256 identifying a test set (pairs in order, then the pool), so that
+    metrics of two models are only compared when measured on the same set."""
+    h = hashlib.sha256()
+    for a, b in pairs:
+        h.update(f"{a}\t{b}\n".encode())
+    h.update(b"--pool--\n")
+    for nid in pool:
+        h.update(f"{nid}\n".encode())
+    return h.hexdigest()
+
+
+test_set_fingerprint.__test__ = False  # a helper, not a pytest test

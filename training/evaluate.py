@@ -17,7 +17,6 @@ approved model, so the registration gate compares models on one test set.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from notellm.contracts import POOL, read_table, require_success
-from notellm.metrics import in_batch_accuracy, recall_at_k
+from notellm.metrics import in_batch_accuracy, recall_at_k, test_set_fingerprint
 from training.data import clean_pairs, load_notes, load_pairs
 from training.sampler import plan_epoch
 
@@ -41,15 +40,6 @@ def load_pool(path: str | Path) -> list[str]:
     return read_table(path, POOL).column("note_id").to_pylist()
 
 
-def test_fingerprint(pairs: list[tuple[str, str]], pool: list[str]) -> str:
-    """Identifies the test set, so metrics are compared only on equal test sets."""
-    h = hashlib.sha256()
-    for a, b in pairs:
-        h.update(f"{a}\t{b}\n".encode())
-    h.update(b"--pool--\n")
-    for nid in pool:
-        h.update(f"{nid}\n".encode())
-    return h.hexdigest()[:16]
 
 
 def evaluate_encoder(encoder, pairs, pool, notes, ks=(10, 50, 100, 1000), batch_pairs: int = 16,
@@ -94,7 +84,7 @@ def run(args) -> dict:
         raise SystemExit(f"{args.pairs}: no usable test pairs ({report.summary()})")
     ks = tuple(int(k) for k in args.ks.split(","))
     result = {"test_pairs": len(pairs), "pool_size": len(pool), "ks": list(ks),
-              "test_fingerprint": test_fingerprint(pairs, pool), "pairs_report": report.__dict__,
+              "test_fingerprint": test_set_fingerprint(pairs, pool), "pairs_report": report.__dict__,
               "test_window": {"start": meta.get("window_start"), "end": meta.get("window_end")}}
 
     def one(encoder, name):
