@@ -4,7 +4,7 @@ in-batch accuracy of the trained model vs the untrained backbone on the test win
 
     flock /tmp/notellm-heavy.lock .venv/bin/python bench/bench_training_real.py \\
         [--work /tmp/notellm-train-real] [--steps 30] [--batch-pairs 8] [--lr 1e-4] [--warmup 3] \\
-        [--template v2-short] [--pool-sample 400] [--limit-pairs 0]
+        [--template v2-short] [--eval-pairs 200] [--pool-sample 600]
 
 Every stage is the project's own CLI, run as a subprocess with the exact arguments
 recorded in ``<work>/report.json``; a stage whose output already carries
@@ -17,12 +17,14 @@ train = 2009-10-01 .. 2015-12-31 (run date 2015-12-31, 2283 days), test =
 types as view and click, ``--max-gap-hours 0`` (a co-visit anywhere in the
 window counts, because engagement on Q&A sites is sparse).
 
-Pool: the split's test pool has thousands of notes and embedding runs at ~3
-notes/s here (fp32, see "Embedding and index"), so with ``--pool-sample N`` the
-evaluation uses a reduced pool: every test-pair endpoint plus a seeded random
-sample of the other pool notes up to N in all (written as its own POOL
-partition, ``<work>/pool_sample``). Recall@K on a smaller pool is higher than on
-the full pool; the trained-vs-untrained comparison uses the same pool.
+Evaluation sample: the split's test set has ~25k pairs over a ~3.5k-note pool and
+embedding runs at ~3 notes/s here (fp32, see "Embedding and index"), so by
+default the evaluation uses a seeded random sample of ``--eval-pairs`` test pairs
+and a pool of ``--pool-sample`` notes = their endpoints + a seeded random sample
+of the other pool notes (written as their own PAIRS/POOL partitions under
+``<work>/eval_sample``). Recall@K on a smaller pool is higher than on the full
+pool (Recall@K with K >= pool size is 1 by construction); the trained-vs-
+untrained comparison uses the same pairs and pool.
 """
 
 from __future__ import annotations
@@ -57,23 +59,27 @@ def run_stage(name: str, cmd: list[str], done: Path, report: dict) -> None:
     report["stages"][name] = entry
 
 
-def sample_pool(split_dir: Path, out_root: Path, size: int, seed: int = 0) -> tuple[Path, int, int]:
-    """Test-pair endpoints + a seeded random sample of the other pool notes (``size`` in all)."""
+def sample_eval_set(split_dir: Path, out: Path, n_pairs: int, pool_size: int, seed: int = 0) -> dict:
+    """A seeded random sample of the test pairs and a pool = their endpoints + random other pool notes."""
     from notellm.contracts import PAIRS, POOL, mark_success, read_table, write_table
     pairs = read_table(split_dir / "test_pairs", PAIRS)
     pool = read_table(split_dir / "pool", POOL).column("note_id").to_pylist()
-    endpoints = sorted(set(pairs.column("src_note_id").to_pylist()) | set(pairs.column("dst_note_id").to_pylist()))
-    others = sorted(set(pool) - set(endpoints))
     rng = np.random.default_rng(seed)
-    extra = [others[i] for i in rng.permutation(len(others))[: max(0, size - len(endpoints))]]
-    chosen = sorted(set(endpoints) | set(extra))
-    day = TEST_RUN_DATE
-    part = out_root / f"dt={day}"
+    take = np.sort(rng.permutation(pairs.num_rows)[:n_pairs])
+    sample = pairs.take(pa.array(take)).select(PAIRS.arrow_schema.names).cast(PAIRS.arrow_schema)
+    endpoints = set(sample.column("src_note_id").to_pylist()) | set(sample.column("dst_note_id").to_pylist())
+    others = sorted(set(pool) - endpoints)
+    extra = [others[i] for i in rng.permutation(len(others))[: max(0, pool_size - len(endpoints))]]
+    chosen = sorted(endpoints | set(extra))
+    pairs_part, pool_part = out / "test_pairs" / f"dt={TEST_RUN_DATE}", out / "pool" / f"dt={TEST_RUN_DATE}"
+    write_table(sample, pairs_part / "pairs.parquet", PAIRS)
+    mark_success(pairs_part, {"pairs": sample.num_rows, "of": pairs.num_rows, "seed": seed})
     write_table(pa.Table.from_pylist([{"note_id": n} for n in chosen], schema=POOL.arrow_schema),
-                part / "pool.parquet", POOL)
-    mark_success(part, {"notes": len(chosen), "endpoints": len(endpoints), "sampled_others": len(extra),
-                        "full_pool": len(pool), "seed": seed})
-    return part, len(chosen), len(pool)
+                pool_part / "pool.parquet", POOL)
+    mark_success(pool_part, {"notes": len(chosen), "endpoints": len(endpoints), "of": len(pool), "seed": seed})
+    return {"test_pairs": sample.num_rows, "test_pairs_full": pairs.num_rows, "pool": len(chosen),
+            "pool_endpoints": len(endpoints), "pool_full": len(pool), "seed": seed,
+            "pairs_dir": str(pairs_part), "pool_dir": str(pool_part)}
 
 
 def main() -> int:
@@ -84,8 +90,9 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--template", default="v2-short", choices=["v1-paper", "v2-short"])
-    ap.add_argument("--pool-sample", type=int, default=400, help="0 = the split's full pool")
-    ap.add_argument("--limit-pairs", type=int, default=0)
+    ap.add_argument("--eval-pairs", type=int, default=200, help="random test pairs to evaluate (0 = all)")
+    ap.add_argument("--pool-sample", type=int, default=600, help="pool size with --eval-pairs")
+    ap.add_argument("--ks", default="10,50,100,1000")
     args = ap.parse_args()
     data = SHARED / "stackexchange"
     if not data.exists():
@@ -106,10 +113,10 @@ def main() -> int:
     run_stage("split", [py, "-m", "jobs.split", "--pairs", str(w / "pairs"), "--train-date", TRAIN_RUN_DATE,
                         "--test-date", TEST_RUN_DATE, "--notes", str(notes), "--events", str(se / "events"),
                         "--out", str(w / "split"), "--allow-missing-days"], w / "split" / "_SUCCESS", report)
-    pool = w / "split" / "pool"
-    if args.pool_sample:
-        pool, n_pool, n_full = sample_pool(w / "split", w / "pool_sample", args.pool_sample)
-        report["pool"] = {"evaluated": n_pool, "full_split_pool": n_full, "sample": "endpoints + seeded random"}
+    test_pairs, pool = w / "split" / "test_pairs", w / "split" / "pool"
+    if args.eval_pairs:
+        report["eval_sample"] = sample_eval_set(w / "split", w / "eval_sample", args.eval_pairs, args.pool_sample)
+        test_pairs, pool = Path(report["eval_sample"]["pairs_dir"]), Path(report["eval_sample"]["pool_dir"])
     run_dir = w / f"run-{args.template}-{args.steps}"
     run_stage("train", [py, "-m", "training.train", "--set", "backbone=smollm2",
                         "--set", f"pairs={w / 'split' / 'train_pairs'}", "--set", f"notes={notes}",
@@ -119,10 +126,8 @@ def main() -> int:
                         "--set", "log_every=5"], run_dir / "metrics.json", report)
     eval_json = run_dir / "eval.json"
     cmd = [py, "-m", "training.evaluate", "--model", str(run_dir / "model"),
-           "--pairs", str(w / "split" / "test_pairs"), "--pool", str(pool), "--notes", str(notes),
-           "--backbone-baseline", "--ks", "10,50,100,1000", "--out", str(eval_json)]
-    if args.limit_pairs:
-        cmd += ["--limit-pairs", str(args.limit_pairs)]
+           "--pairs", str(test_pairs), "--pool", str(pool), "--notes", str(notes),
+           "--backbone-baseline", "--ks", args.ks, "--out", str(eval_json)]
     run_stage("evaluate", cmd, eval_json, report)
 
     for key, path in (("se", se / "_stats.json"), ("pairs_train", w / "pairs" / f"dt={TRAIN_RUN_DATE}" / "_stats.json"),
