@@ -83,3 +83,18 @@ def test_global_loss_is_identity_without_distributed():
 def test_odd_batch_refused():
     with pytest.raises(ValueError, match="even"):
         gcl_loss(Z[:3], torch.tensor(3.0))
+
+
+def test_gcl_stays_fp32_under_bf16_autocast():
+    import torch
+
+    from training.loss import gcl_loss
+
+    torch.manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    tau = torch.tensor(3.0)
+    exact = gcl_loss(z, tau)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = gcl_loss(z, tau)
+    assert under_autocast.dtype == torch.float32
+    assert torch.allclose(under_autocast, exact, rtol=1e-6, atol=1e-6)
