@@ -1,0 +1,198 @@
+"""The quality-report harness (evaluation/): ranking, the random floor, the test-set protocol and one
+end-to-end run of ``python -m evaluation.compare`` on a tiny prepared dataset (tiny random Llama,
+real BM25, real MiniLM, real DeepSpeed training subprocess)."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from evaluation import protocol, scoring, systems
+from notellm.contracts import EVENTS, NOTES, PAIRS, POOL, RELATED_LINKS, mark_success, write_table
+
+
+# ------------------------------------------------------------------ ranking
+def brute_rank(scores, q, t):
+    """Sort candidates (pool minus the query) by (-score, row); 1-based position of t."""
+    cands = sorted((c for c in range(scores.shape[1]) if c != q), key=lambda c: (-scores[q, c], c))
+    return cands.index(t) + 1
+
+
+def test_ranks_match_brute_force_with_ties():
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 4, size=(30, 30)).astype(np.float32)     # many ties
+    qs = rng.integers(0, 30, 200)
+    ts = [(q + 1 + int(rng.integers(0, 29))) % 30 for q in qs]
+    got = scoring.ranks_from_scores(scores, qs, ts)
+    assert got.tolist() == [brute_rank(scores, q, t) for q, t in zip(qs, ts)]
+
+
+def test_hand_computed_ranks_and_recall_at_pool_edges():
+    # pool of 4; query row 0 scores [9, 5, 5, 7]: candidates by (-score, row) = 3, 1, 2
+    scores = np.array([[9, 5, 5, 7], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], dtype=np.float32)
+    ranks = scoring.ranks_from_scores(scores, [0, 0, 0], [3, 1, 2])
+    assert ranks.tolist() == [1, 2, 3]
+    ev = scoring.evaluate_signal(ranks, pool_size=4, ks=(1, 2, 10))
+    # K=10 is capped at 3 candidates: every target is found
+    assert ev["recall"] == {"1": pytest.approx(1 / 3), "2": pytest.approx(2 / 3), "10": 1.0}
+    assert ev["k_capped"] == {"1": 1, "2": 2, "10": 3}
+
+
+def test_top_neighbours_excludes_query_and_breaks_ties_by_row():
+    scores = np.array([[5, 1, 3, 3], [0] * 4, [0] * 4, [0] * 4], dtype=np.float32)
+    assert scoring.top_neighbours(scores, 0, 3) == [2, 3, 1]
+
+
+def test_random_within_category_floor_is_exact():
+    cats = ["a", "a", "a", "b", "b", "c"]
+    # query 0 (category a): s = 2 same-category candidates, o = 3 others
+    # target 1 (same): P(top1) = 1/2, P(top3) = 1; target 3 (other): P(top3) = (3-2)/3 = 1/3
+    got = systems.random_within_category_recall(cats, [0, 0], [1, 3], ks=(1, 3, 10))
+    assert got[1] == pytest.approx((1 / 2 + 0) / 2)
+    assert got[3] == pytest.approx((1 + 1 / 3) / 2)
+    assert got[10] == pytest.approx(1.0)                      # K capped at 5 candidates
+    # and it is the expectation of the randomised ranking it describes (Monte Carlo)
+    rng = random.Random(0)
+    trials, hits = 20000, 0
+    for _ in range(trials):
+        same = [1, 2]
+        other = [3, 4, 5]
+        rng.shuffle(same)
+        rng.shuffle(other)
+        hits += 3 in (same + other)[:3]
+    assert hits / trials == pytest.approx(1 / 3, abs=0.01)
+
+
+def test_batches_never_repeat_a_note():
+    pairs = [(f"n{i}", f"n{(i * 7 + 1) % 40}") for i in range(40)] + [("n0", "n1"), ("n0", "n2")]
+    batches = systems.batches_without_repeats(pairs, batch_pairs=4, steps=8, seed=1)
+    assert len(batches) == 8
+    for b in batches:
+        ids = [n for p in b for n in p]
+        assert len(ids) == len(set(ids)) == 8
+    with pytest.raises(ValueError, match="full batches"):
+        systems.batches_without_repeats(pairs[:5], batch_pairs=4, steps=3, seed=1)
+
+
+# ------------------------------------------------------------------ a tiny prepared dataset
+UTC = timezone.utc
+TOPICS = {"beer": ["hops", "lager", "stout", "yeast"], "coffee": ["espresso", "roast", "grinder", "milk"],
+          "bicycles": ["chain", "tyre", "brake", "gears"]}
+
+
+def make_prepared(root: Path, seed: int = 0) -> None:
+    """The data-stage outputs the harness consumes, written through the contracts (as the real
+    adapter, Spark job and split job would leave them): 3 sites x 20 questions, events in both
+    windows, PostLinks, mined pairs, and a split whose test notes are disjoint from train notes."""
+    rng = random.Random(seed)
+    notes = []
+    for cat, words in TOPICS.items():
+        for i in range(20):
+            w = words[i % 4]
+            created = datetime(2014, 1, 1, tzinfo=UTC) + timedelta(days=i) if i < 10 else \
+                datetime(2017, 1, 1, tzinfo=UTC) + timedelta(days=i)
+            notes.append({"note_id": f"{cat}:{i}", "title": f"How do I choose {w} number {i}?",
+                          "content": f"A question about {w} and {cat}, asked on day {i}. " * 2,
+                          "hashtags": [w, cat], "category": cat, "created_at": created})
+    se = root / "se"
+    write_table(pa.Table.from_pylist(notes, schema=NOTES.arrow_schema), se / "notes" / "notes.parquet", NOTES)
+    events = {}
+    for n in notes:
+        old = n["created_at"].year < 2016
+        for k in range(rng.randint(1, 6)):
+            t = n["created_at"] + timedelta(hours=k)
+            events.setdefault(t.date(), []).append({"user_id": f"u{rng.randint(0, 9)}", "note_id": n["note_id"],
+                                                    "event_type": "answer", "event_time": t})
+    for day, rows in events.items():
+        write_table(pa.Table.from_pylist(rows, schema=EVENTS.arrow_schema),
+                    se / "events" / f"dt={day.isoformat()}" / "part-0.parquet", EVENTS)
+    links = [{"src_note_id": f"{c}:{i}", "dst_note_id": f"{c}:{i + 4}", "link_type": "linked", "created_at": None}
+             for c in TOPICS for i in (10, 11, 12)]
+    write_table(pa.Table.from_pylist(links, schema=RELATED_LINKS.arrow_schema),
+                se / "related_links" / "related_links.parquet", RELATED_LINKS)
+    mark_success(se, {"notes": len(notes), "events": sum(map(len, events.values()))})
+
+    def pairs_table(ids):
+        rows = []
+        for c in TOPICS:
+            for i in ids:
+                for j in ids:
+                    if i != j and (i - j) % 4 == 0:
+                        rows.append({"src_note_id": f"{c}:{i}", "dst_note_id": f"{c}:{j}", "score": 1.0,
+                                     "n_users": 1, "rank": 1, "window_start": date(2009, 10, 1),
+                                     "window_end": date(2015, 12, 31)})
+        return pa.Table.from_pylist(rows, schema=PAIRS.arrow_schema)
+
+    train, test = pairs_table(range(10)), pairs_table(range(10, 20))
+    for day, tbl in ((protocol.TRAIN_RUN_DATE, train), (protocol.TEST_RUN_DATE, test)):
+        write_table(tbl, root / "pairs" / f"dt={day}" / "pairs.parquet", PAIRS)
+        mark_success(root / "pairs" / f"dt={day}", {"pairs_written": tbl.num_rows})
+    split = root / "split"
+    write_table(train, split / "train_pairs" / "pairs.parquet", PAIRS)
+    mark_success(split / "train_pairs", {"rows": train.num_rows})
+    write_table(test, split / "test_pairs" / "pairs.parquet", PAIRS)
+    mark_success(split / "test_pairs", {"rows": test.num_rows})
+    pool = [n["note_id"] for n in notes if n["created_at"].year >= 2016]
+    write_table(pa.Table.from_pylist([{"note_id": p} for p in pool], schema=POOL.arrow_schema),
+                split / "pool" / "pool.parquet", POOL)
+    mark_success(split / "pool", {"notes": len(pool)})
+    mark_success(split, {"counts": {"train_pairs": train.num_rows, "train_notes": 30, "pool_notes": len(pool)}})
+
+
+@pytest.fixture(scope="module")
+def prepared_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("quality")
+    make_prepared(root)
+    return root
+
+
+def test_eval_set_protocol(prepared_root, tmp_path):
+    stages = {}
+    # every stage is reused from its _SUCCESS marker (the dumps folder is then not needed)
+    prepared = protocol.prepare_data(prepared_root, data=tmp_path / "absent", stages=stages)
+    assert all(entry.get("reused") for entry in stages.values()) and len(stages) == 4
+    es = protocol.build_eval_set(prepared, n_pairs=12, pool_size=28, seed=0)
+    assert len(es.cooccurrence) == 12 and len(es.pool) == 28
+    assert es.postlinks == sorted((f"{c}:{i}", f"{c}:{i + 4}") for c in TOPICS for i in (10, 11, 12))
+    endpoints = {n for p in es.cooccurrence + es.postlinks for n in p}
+    assert endpoints <= set(es.pool)
+    assert all(not n.split(":")[1].isdigit() or int(n.split(":")[1]) >= 10 for n in es.pool)  # test period only
+    assert es.new_queries == {q for q, _ in es.cooccurrence + es.postlinks}                   # all created 2017
+    assert set(es.exposure) == {q for q, _ in es.cooccurrence + es.postlinks}
+    assert es.exposure_threshold == max(1, int(np.median([es.exposure[q] for q, _ in es.cooccurrence])))
+    with pytest.raises(ValueError, match="pool_size"):
+        protocol.build_eval_set(prepared, n_pairs=12, pool_size=5, seed=0)
+    again = protocol.build_eval_set(prepared, n_pairs=12, pool_size=28, seed=0)
+    assert again.to_json() == es.to_json()
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_tiny(prepared_root, tiny_llama_dir, tmp_path):
+    from evaluation import compare
+    out = tmp_path / "reports"
+    argv = ["--work", str(prepared_root), "--out", str(out), "--date", "test", "--systems", "bm25,minilm,minilm_ft,smollm_prompteol,notellm",
+            "--steps", "2", "--batch-pairs", "4", "--eval-pairs", "12", "--pool-size", "28", "--gen-notes", "2",
+            "--cases", "2", "--backbone", str(tiny_llama_dir)]
+    assert compare.main(argv) == 0
+    metrics = json.loads((out / "test" / "metrics.json").read_text())
+    names = [s["name"] for s in metrics["systems"]]
+    assert names == ["bm25", "minilm", "minilm_ft", "smollm_prompteol", "notellm"]
+    for s in metrics["systems"]:
+        assert s["pairs"] == {"cooccurrence": 12, "postlinks": 9}
+        r = s["recall"]["cooccurrence"]
+        assert 0 <= r["10"] <= r["50"] <= r["100"] <= r["1000"] == 1.0   # K capped at 27 candidates
+    nl = metrics["systems"][-1]
+    assert nl["loss_curve"]["step"] == [1, 2] and nl["cost"]["train_wall_s"] > 0
+    assert nl["generation"]["category_constrained"]["outside_known"] == 0.0      # constrained: known only
+    assert len(metrics["cases"]["queries"]) == 2
+    assert (out / "test" / "report.md").read_text().count("BM25") >= 1
+    # a rerun reuses every system (nothing retrained)
+    before = {p: p.stat().st_mtime_ns for p in (prepared_root / "systems").glob("*/scores.npy")}
+    assert compare.main(argv) == 0
+    assert before == {p: p.stat().st_mtime_ns for p in (prepared_root / "systems").glob("*/scores.npy")}
