@@ -82,3 +82,17 @@ def test_constrained_generation_returns_known_category(encoder):
         assert encoder.generate(note, allowed_outputs=options) in options
     free = encoder.generate(NOTES[0], max_new_tokens=3)
     assert isinstance(free, str)
+
+
+def test_option_scores_with_reused_prompt_cache_equal_full_sequences(encoder):
+    """The KV-cache shortcut of constrained generation scores every option exactly like
+    running prompt + option in full (options of different lengths, one of one token)."""
+    prompt = encoder.prompts.generation_prompt(NOTES[0], task="category")
+    tok = encoder.tokenizer
+    outs = [tok(" " + o, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            for o in ("coffee", "bicycles", "beer brewing", "a much longer category name here")]
+    outs.append([tok.eos_token_id])
+    fast = encoder.option_log_likelihoods(prompt, outs, reuse_prefix=True)
+    full = encoder.option_log_likelihoods(prompt, outs, reuse_prefix=False)
+    np.testing.assert_allclose(fast, full, rtol=1e-4, atol=1e-4)
+    assert len(set(np.round(full, 3))) == len(full)        # the options really differ
