@@ -206,7 +206,7 @@ def _k_capped_note(results: Mapping, ks: Sequence[str]) -> str:
     capped = {}
     for s in results["systems"]:
         for k, v in (s.get("k_capped") or {}).items():
-            if str(k) in ks and int(v) != int(k):
+            if str(k) in ks and v is not None and int(v) != int(k):
                 capped[str(k)] = int(v)
     if not capped:
         return ""
@@ -381,11 +381,14 @@ def generation_table(results: Mapping) -> list[str]:
         n_tag = (x.get("hashtags") or {}).get("n")
         rows.append([escape_cell(label_of(s), None)] + [c[i] for c in cols]
                     + [f"{n_cat if n_cat is not None else 'n/a'} / {n_tag if n_tag is not None else 'n/a'}"])
+    tokens = next(((x.get("hashtags") or {}).get("tokens") for x in g if (x.get("hashtags") or {}).get("tokens")),
+                  None)
     lines = ["## Category and hashtag generation", "",
              "Held-out notes. Category: exact match after strip + case-fold; *outside* = share of generated "
              "categories that are not a known category (lower is better). Free = greedy generation, constrained = "
              "the known category with the highest likelihood. Hashtags: corpus BLEU-4 (no smoothing) and "
-             "macro-averaged ROUGE-1/2/L F1 against the note's hashtags, one hashtag = one token. All ×100.", ""]
+             "macro-averaged ROUGE-1/2/L F1 of the generated against the note's true hashtags"
+             + (f" (tokens: {escape_cell(tokens, None)})" if tokens else "") + ". All ×100.", ""]
     lines += _table(["System", "Cat. acc. (free)", "Outside (free)", "Cat. acc. (constr.)", "Outside (constr.)",
                      "BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L", "n (cat. / tags)"], rows)
     return lines + [""]
@@ -573,6 +576,12 @@ def _series(values: Sequence[Any]):
     return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
 
 
+def _finite_max(y) -> float:
+    import numpy as np
+    y = np.asarray(y, dtype=float)
+    return float(np.nanmax(y)) if np.isfinite(y).any() else 0.0
+
+
 def _moving_average(y, window: int):
     import numpy as np
     if window <= 1 or len(y) < window:
@@ -619,7 +628,7 @@ def plot_recall_at_k(results: Mapping, path: Path) -> Path | None:
             else:
                 continue
             ax.plot(k, r, label=label_of(s), **_style(i, s))
-            top = max(top, float(max(r)))
+            top = max(top, _finite_max(r))
         fcurve = (floor.get("recall_curve") or {}).get(sig)
         frec = (floor.get("recall") or {}).get(sig)
         if fcurve and fcurve.get("k"):
@@ -631,7 +640,7 @@ def plot_recall_at_k(results: Mapping, path: Path) -> Path | None:
             fk = None
         if fk:
             ax.plot(fk, fr, ls="--", color="0.45", lw=1.5, label="random within category (floor)")
-            top = max(top, float(max(fr)))
+            top = max(top, _finite_max(fr))
         ax.axvline(int(HEADLINE_K), color="0.85", lw=0.8, zorder=0)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))   # 1, 10, 100 instead of 10^k

@@ -265,6 +265,19 @@ def test_missing_optional_parts_still_render(tmp_path):
     assert "BM25 (title + content)" not in post and post["all-MiniLM-L6-v2 zero-shot"][4] == "**58.0**"
 
 
+def test_undefined_values_show_as_na(tmp_path):
+    results = make_results()
+    results["systems"][2]["recall"]["postlinks"]["100"] = None           # e.g. no pairs for this signal
+    results["systems"][1]["recall"]["postlinks"]["50"] = float("nan")
+    results["systems"][1]["recall_curve"]["postlinks"]["recall"][3] = None
+    md = render_report(results, tmp_path).read_text(encoding="utf-8")
+    post = _table_rows(md[md.index("### human PostLinks"):])
+    assert post["NoteLLM"][4] == "n/a" and post["all-MiniLM-L6-v2 zero-shot"][3] == "n/a"
+    assert post["BM25 (title + content)"][3] == "**49.6**"
+    assert "BM25 (title + content) 62.0 > all-MiniLM-L6-v2 zero-shot 58.0." in md   # NoteLLM left out of the ranking
+    assert (tmp_path / "plots" / "recall_at_k.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
 def test_bad_input_is_named():
     results = make_results()
     results["schema"] = "notellm-quality-report/0"
