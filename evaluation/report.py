@@ -266,7 +266,9 @@ def glance_sentences(results: Mapping) -> list[str]:
         floor_val = _pct_value(((floor.get("recall") or {}).get(sig) or {}).get(HEADLINE_K))
         if floor_val is not None:
             text += (f" Floor (a random note of the query's own category): {floor_val:.1f}%, "
-                     f"so the winner is {_points(w_val - floor_val)} above it.")
+                     + (f"so the winner is {_points(w_val - floor_val)} above it." if w_val >= floor_val else
+                        f"so even the winner is {abs(w_val - floor_val):.1f} points below it: on this signal "
+                        f"the category alone explains more than any system's ranking."))
         groups = {}
         for v, s in ranked:
             groups.setdefault(s.get("group"), (v, s))
