@@ -71,15 +71,19 @@ SELECT DISTINCT user_key, note_key, event_us,
 FROM cooc_capped_events
 WHERE is_view = 1;
 
+-- Each click carries its user's weight (one join on the per-user table, not
+-- one on the much larger set of pairs).
 CREATE OR REPLACE TEMPORARY VIEW cooc_clicks AS
-SELECT DISTINCT user_key, note_key, event_us,
-       CAST(FLOOR(CAST(event_us AS DOUBLE) / CAST({{max_gap_us}} AS DOUBLE)) AS BIGINT) AS gap_bucket
-FROM cooc_capped_events
-WHERE is_click = 1;
+SELECT c.user_key, c.note_key, c.event_us, c.gap_bucket, w.weight_units
+FROM (SELECT DISTINCT user_key, note_key, event_us,
+             CAST(FLOOR(CAST(event_us AS DOUBLE) / CAST({{max_gap_us}} AS DOUBLE)) AS BIGINT) AS gap_bucket
+      FROM cooc_capped_events
+      WHERE is_click = 1) c
+JOIN cooc_user_weights w ON w.user_key = c.user_key;
 
--- 5. P_u: each (user, A, B) once
+-- 5. P_u: each (user, A, B) once (weight_units depends on the user only)
 CREATE OR REPLACE TEMPORARY VIEW cooc_user_pairs AS
-SELECT DISTINCT v.user_key, v.note_key AS src_key, c.note_key AS dst_key
+SELECT DISTINCT v.user_key, v.note_key AS src_key, c.note_key AS dst_key, c.weight_units
 FROM (SELECT user_key, note_key, event_us, gap_bucket AS join_bucket FROM cooc_views
       UNION ALL
       SELECT user_key, note_key, event_us, gap_bucket + 1 AS join_bucket FROM cooc_views) v
@@ -91,10 +95,9 @@ WHERE c.event_us > v.event_us
 
 -- 6. s(A->B) and n_users for every candidate pair (before the bounds)
 CREATE OR REPLACE TEMPORARY VIEW cooc_pair_candidates AS
-SELECT p.src_key, p.dst_key, SUM(w.weight_units) AS score_units, COUNT(*) AS n_users
-FROM cooc_user_pairs p
-JOIN cooc_user_weights w ON w.user_key = p.user_key
-GROUP BY p.src_key, p.dst_key;
+SELECT src_key, dst_key, SUM(weight_units) AS score_units, COUNT(*) AS n_users
+FROM cooc_user_pairs
+GROUP BY src_key, dst_key;
 
 -- 7. bounds l <= s <= u, then the top t per source note
 --    (score desc, n_users desc, dst note id asc)

@@ -26,31 +26,42 @@ SELECT e.user_id, e.note_id, e.event_type, e.event_time, e.event_time_text, e.so
 FROM events_input e
 LEFT JOIN note_keys k ON k.note_id = e.note_id;
 
+-- One row per input row, narrowed to what the later steps read. The job
+-- persists this view, so the raw files are scanned once: the status counts,
+-- the quarantine output, the user keys and the scoring events all read the
+-- cached rows. The raw text of a row (source file, JSON of its fields) is
+-- only kept for quarantined rows; every other row carries NULLs there, which
+-- cost next to nothing in the columnar cache.
 CREATE OR REPLACE TEMPORARY VIEW events_status AS
-SELECT *,
-       CASE
-         WHEN quarantine_reason IS NOT NULL THEN 'quarantined'
-         WHEN event_time < TIMESTAMP {{window_start_ts}} OR event_time >= TIMESTAMP {{window_end_ts}} THEN 'outside_window'
-         WHEN event_type NOT IN ({{used_types}}) THEN 'ignored_type'
-         ELSE 'in_scope'
-       END AS status
-FROM events_classified;
+SELECT user_id, note_key, unix_micros(event_time) AS event_us, event_type, status, quarantine_reason,
+       CASE WHEN status = 'quarantined' THEN source END AS source,
+       CASE WHEN status = 'quarantined'
+            THEN to_json(named_struct('user_id', user_id, 'note_id', note_id,
+                                      'event_type', event_type, 'event_time', event_time_text)) END AS raw
+FROM (SELECT *,
+             CASE
+               WHEN quarantine_reason IS NOT NULL THEN 'quarantined'
+               WHEN event_time < TIMESTAMP {{window_start_ts}} OR event_time >= TIMESTAMP {{window_end_ts}} THEN 'outside_window'
+               WHEN event_type NOT IN ({{used_types}}) THEN 'ignored_type'
+               ELSE 'in_scope'
+             END AS status
+      FROM events_classified) classified;
 
 -- Dense user keys (users with in-scope events, in user_id order): the scoring
--- joins and sorts on integers rather than strings.
+-- joins and sorts on integers rather than strings. The job persists this
+-- small table too (its row count is the number of users: the cap keeps at
+-- least one event of every user), so the join below can broadcast it.
 CREATE OR REPLACE TEMPORARY VIEW user_keys AS
 SELECT user_id, CAST(ROW_NUMBER() OVER (ORDER BY user_id) AS BIGINT) AS user_key
 FROM (SELECT DISTINCT user_id FROM events_status WHERE status = 'in_scope') users;
 
 CREATE OR REPLACE TEMPORARY VIEW scoring_events AS
-SELECT u.user_key, e.note_key, unix_micros(e.event_time) AS event_us, e.event_type
+SELECT u.user_key, e.note_key, e.event_us, e.event_type
 FROM events_status e
 JOIN user_keys u ON u.user_id = e.user_id
 WHERE e.status = 'in_scope';
 
 CREATE OR REPLACE TEMPORARY VIEW events_quarantine AS
-SELECT source, CAST(NULL AS BIGINT) AS row_number, quarantine_reason AS reason,
-       to_json(named_struct('user_id', user_id, 'note_id', note_id,
-                            'event_type', event_type, 'event_time', event_time_text)) AS raw
+SELECT source, CAST(NULL AS BIGINT) AS row_number, quarantine_reason AS reason, raw
 FROM events_status
 WHERE status = 'quarantined';
