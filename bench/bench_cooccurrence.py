@@ -122,7 +122,69 @@ def duckdb_child(args) -> None:
                           CAST(r.pair_rank AS INTEGER) AS rank
                    FROM cooc_related r JOIN note_keys s ON s.note_key = r.src_key
                    JOIN note_keys d ON d.note_key = r.dst_key) TO '{out}' (FORMAT parquet)""")
-    print(json.dumps({"total_s": time.perf_counter() - t0, "prep_s": t_prep, "candidate_pairs": candidates}))
+    total = time.perf_counter() - t0
+    # Untimed: the scoring input with dense keys, for the scoring-SQL-only comparison.
+    con.execute(f"COPY (SELECT * FROM scoring_events) TO '{Path(args.out_dir) / 'scoring_events.parquet'}' "
+                f"(FORMAT parquet)")
+    print(json.dumps({"total_s": total, "prep_s": t_prep, "candidate_pairs": candidates}))
+
+
+RELATED_CHECK = "SELECT COUNT(*) AS n, SUM(pair_rank) AS s, SUM(score_units % 1000003) AS h FROM cooc_related"
+
+
+def sql_only_child(args) -> None:
+    """Runs in its own process: the scoring SQL alone, on one engine, from the
+    same in-memory scoring_events (dense keys), ``--reps`` times in one warm
+    session/connection; the same two views are materialised on both engines
+    and cooc_related is fully computed (count + checksums). Prints the times."""
+    cfg = Config(events=Path("."), notes=Path("."), out=Path("."), quarantine_out=Path("."),
+                 run_date=END_DATE, max_events_per_user=args.max_events_per_user, max_gap_hours=args.max_gap_hours)
+    statements = sql_template.load("cooccurrence_score.sql", cfg.score_params())
+    source = str(Path(args.out_dir) / "scoring_events.parquet")
+    times, check = [], None
+    if args.sql_only_child == "duckdb":
+        import duckdb
+
+        con = duckdb.connect()
+        con.execute(f"SET threads={args.threads}")
+        con.execute(f"CREATE TEMP TABLE scoring_events AS SELECT * FROM read_parquet('{source}')")
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            for statement in statements:
+                view = statement.split("VIEW", 1)[1].split()[0]
+                if view in MATERIALISED_VIEWS:
+                    con.execute(f"DROP VIEW IF EXISTS {view}")
+                    statement = statement.replace("TEMPORARY VIEW", "TEMPORARY TABLE", 1)
+                con.execute(statement)
+            check = con.execute(RELATED_CHECK).fetchone()
+            times.append(time.perf_counter() - t)
+            for view in MATERIALISED_VIEWS:
+                con.execute(f"DROP TABLE {view}")
+    else:
+        from jobs.cooccurrence import checkpoint_view, release
+        from jobs.spark_session import build_spark
+
+        spark = build_spark("bench-sql-only", args.master, args.shuffle_partitions or None, args.driver_memory,
+                            dict(c.split("=", 1) for c in args.conf))
+        spark.read.parquet(source).createOrReplaceTempView("scoring_events")
+        held = [checkpoint_view(spark, "scoring_events")]
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            frames = []
+            for statement in statements:
+                spark.sql(statement)
+                view = statement.split("VIEW", 1)[1].split()[0]
+                if view in MATERIALISED_VIEWS:
+                    frames.append(checkpoint_view(spark, view))
+            row = spark.sql(RELATED_CHECK).collect()[0]
+            check = (row["n"], row["s"], row["h"])
+            times.append(time.perf_counter() - t)
+            for df in frames:
+                release(df)
+        for df in held:
+            release(df)
+        spark.stop()
+    print(json.dumps({"times_s": [round(x, 3) for x in times], "check": [int(x or 0) for x in check]}))
 
 
 def same_pairs(spark_part: Path, duck_file: Path) -> tuple[bool, int, int]:
@@ -150,6 +212,7 @@ def bench(args, n: int) -> dict:
                "--driver-memory", args.driver_memory, *common]
         if args.shuffle_partitions:
             cmd += ["--shuffle-partitions", str(args.shuffle_partitions)]
+        cmd += [f"--conf={c}" for c in args.conf]
         wall, rss, _ = run_child(cmd)
         stats = json.loads((out / "pairs" / f"dt={END_DATE}" / "_stats.json").read_text())
         result["spark"] = {"wall_s": round(wall, 1), "job_s": stats["timings"]["total_s"], "peak_rss_gb": round(rss / 2**30, 2),
@@ -166,6 +229,21 @@ def bench(args, n: int) -> dict:
         result["duckdb"] = {"wall_s": round(wall, 1), "sql_s": round(inner["total_s"], 1),
                             "peak_rss_gb": round(rss / 2**30, 2), "events_per_s": round(events_in / wall),
                             "candidate_pairs": inner["candidate_pairs"]}
+    if args.sql_only and (out / "scoring_events.parquet").exists():
+        sql_only = {}
+        for engine in ("duckdb", "spark"):
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--sql-only-child", engine, "--out-dir", str(out),
+                   "--reps", str(args.reps), *[f"--conf={c}" for c in args.conf], "--threads", str(args.threads), "--master", args.master,
+                   "--driver-memory", args.driver_memory, *common]
+            if args.shuffle_partitions:
+                cmd += ["--shuffle-partitions", str(args.shuffle_partitions)]
+            _, rss, stdout = run_child(cmd)
+            inner = json.loads(stdout.strip().splitlines()[-1])
+            sql_only[engine] = {"times_s": inner["times_s"], "warm_s": min(inner["times_s"][1:] or inner["times_s"]),
+                                "peak_rss_gb": round(rss / 2**30, 2), "check": inner["check"]}
+        sql_only["same_result"] = sql_only["spark"]["check"] == sql_only["duckdb"]["check"]
+        sql_only["spark_over_duckdb_warm"] = round(sql_only["spark"]["warm_s"] / sql_only["duckdb"]["warm_s"], 2)
+        result["scoring_sql_only"] = sql_only
     if "spark" in result and "duckdb" in result:
         result["spark_over_duckdb"] = round(result["spark"]["wall_s"] / result["duckdb"]["wall_s"], 2)
         same, n_spark, n_duck = same_pairs(out / "pairs" / f"dt={END_DATE}", out / "duckdb_pairs.parquet")
@@ -188,8 +266,14 @@ def main() -> None:
     p.add_argument("--max-gap-hours", type=float, default=24.0)
     p.add_argument("--skip-spark", action="store_true")
     p.add_argument("--skip-duckdb", action="store_true")
+    p.add_argument("--sql-only", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the scoring SQL alone on a warm session/connection of each engine")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra Spark setting for both Spark runs (repeatable), passed as the job's --conf")
+    p.add_argument("--reps", type=int, default=3, help="scoring-SQL-only repetitions (the first one is cold)")
     # internal: the DuckDB side in its own process (clean peak-memory figure)
     p.add_argument("--duckdb-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--sql-only-child", choices=("spark", "duckdb"), help=argparse.SUPPRESS)
     p.add_argument("--events-root", help=argparse.SUPPRESS)
     p.add_argument("--notes", help=argparse.SUPPRESS)
     p.add_argument("--out-dir", help=argparse.SUPPRESS)
@@ -197,6 +281,9 @@ def main() -> None:
     args = p.parse_args()
     if args.duckdb_child:
         duckdb_child(args)
+        return
+    if args.sql_only_child:
+        sql_only_child(args)
         return
     print(f"# co-occurrence bench {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cpus")
     for n in args.events:

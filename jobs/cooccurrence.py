@@ -229,7 +229,9 @@ def register_inputs(spark, files: EventFiles, notes: list[str]) -> None:
             .parquet(*files.contract)
         parts.append(df.select(
             "user_id", "note_id", "event_type", F.col("event_time").cast("timestamp").alias("event_time"),
-            F.date_format("event_time", "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX").alias("event_time_text"),
+            # Typed times need no text; events_classify.sql formats one only for a quarantined row
+            # (formatting every row's time cost more than the rest of the classification).
+            F.lit(None).cast("string").alias("event_time_text"),
             F.col("_metadata.file_path").alias("source")))
     if files.landing:
         df = spark.read.schema("user_id STRING, note_id STRING, event_type STRING, event_time STRING") \
@@ -273,6 +275,34 @@ def checkpoint_view(spark, view: str):
     df = spark.table(view).localCheckpoint(eager=True)
     df.createOrReplaceTempView(view)
     return df
+
+
+def broadcast_if_small(spark, view: str, rows: int, bytes_per_row: int = 64) -> bool:
+    """Mark a checkpointed key table for broadcast when ``rows`` of it fit
+    under ``spark.sql.autoBroadcastJoinThreshold``.
+
+    Spark cannot size a checkpoint itself (its estimate is the default, i.e.
+    huge), so it would shuffle millions of events by user id only to join
+    them with a table of a few thousand users, and then shuffle them again by
+    user key for the cap. The row count is known from the stats, so the
+    decision uses it, and honours the threshold the user configured (-1 = off)."""
+    from pyspark.sql import functions as F
+
+    threshold = spark.conf.get("spark.sql.autoBroadcastJoinThreshold", "10485760")
+    limit = _bytes(threshold)
+    if limit < 0 or rows * bytes_per_row > limit:
+        return False
+    F.broadcast(spark.table(view)).createOrReplaceTempView(view)
+    return True
+
+
+def _bytes(text: str) -> int:
+    text = str(text).strip().lower()
+    units = {"b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
+    for suffix in sorted(units, key=len, reverse=True):
+        if text.endswith(suffix) and text[: -len(suffix)].strip().lstrip("-").isdigit():
+            return int(text[: -len(suffix)]) * units[suffix]
+    return int(text)
 
 
 def release(df) -> None:
@@ -380,6 +410,7 @@ def run(spark, cfg: Config) -> dict:
             by_reason[row["quarantine_reason"]] += row["n"]
     checkpointed.append(checkpoint_view(spark, "user_keys"))
     n_users = spark.table("user_keys").count() if counts["in_scope"] else 0
+    broadcast_if_small(spark, "user_keys", n_users)
     timings["classify_s"] = time.perf_counter() - t0
 
     # The scoring SQL, statement by statement; the capped events (read by
@@ -491,6 +522,13 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: {text!r}") from exc
 
 
+def _conf(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.cooccurrence", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -515,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--master", default="local[*]")
     p.add_argument("--shuffle-partitions", type=int, default=None)
     p.add_argument("--driver-memory", default="4g", help="local mode only (JVM started by this process)")
+    p.add_argument("--conf", action="append", default=[], type=_conf, metavar="KEY=VALUE",
+                   help="extra Spark setting (repeatable), applied after the job's defaults")
     return p
 
 
@@ -542,7 +582,8 @@ def main(argv=None) -> int:
         return 2
     from jobs.spark_session import build_spark
 
-    spark = build_spark("notellm-cooccurrence", args.master, args.shuffle_partitions, args.driver_memory)
+    spark = build_spark("notellm-cooccurrence", args.master, args.shuffle_partitions, args.driver_memory,
+                        dict(args.conf))
     try:
         stats = run(spark, cfg)
     except InputError as exc:

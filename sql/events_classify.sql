@@ -4,7 +4,9 @@
 --   events_input(user_id STRING, note_id STRING, event_type STRING,
 --                event_time TIMESTAMP, event_time_text STRING, source STRING)
 --       every row of every events file read for the window; event_time is NULL
---       where the text did not parse; source = the file the row came from.
+--       where the text did not parse; event_time_text = the original text of a
+--       landing file's time (NULL for typed contract files); source = the file
+--       the row came from.
 --   note_keys(note_id STRING, note_key BIGINT)   dense keys in note_id order
 -- Parameters: known_types, used_types (quoted lists), window_start_ts,
 --   window_end_ts (quoted ISO timestamps; the window is [start, end)).
@@ -37,7 +39,10 @@ SELECT user_id, note_key, unix_micros(event_time) AS event_us, event_type, statu
        CASE WHEN status = 'quarantined' THEN source END AS source,
        CASE WHEN status = 'quarantined'
             THEN to_json(named_struct('user_id', user_id, 'note_id', note_id,
-                                      'event_type', event_type, 'event_time', event_time_text)) END AS raw
+                                      'event_type', event_type,
+                                      'event_time', COALESCE(event_time_text,
+                                                             date_format(event_time, "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"))))
+            END AS raw
 FROM (SELECT *,
              CASE
                WHEN quarantine_reason IS NOT NULL THEN 'quarantined'
