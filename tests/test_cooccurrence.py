@@ -249,3 +249,72 @@ def test_sql_parameters_are_rendered_as_literals_not_text():
         sql_template.render("{{types}}", {"types": ["x') OR 1=1 --"]})
     with pytest.raises(sql_template.SqlParameterError, match="missing"):
         sql_template.render("{{a}} {{b}}", {"a": 1})
+
+
+# --------------------------------------------------------------------------
+# performance mechanics that must not silently regress (cheap, no big data)
+
+
+def _pairs_table(rows: int, null_rank: bool = False) -> pa.Table:
+    day = dt.date(2026, 11, 20)
+    return pa.table({
+        "src_note_id": [f"s{i}" for i in range(rows)], "dst_note_id": [f"d{i}" for i in range(rows)],
+        "score": [0.5] * rows, "n_users": [1] * rows,
+        "rank": pa.array([None if null_rank and i == 0 else 1 for i in range(rows)], pa.int32()),
+        "window_start": [day] * rows, "window_end": [day] * rows})
+
+
+def test_written_partition_is_checked_from_footers(tmp_path):
+    import pyarrow.parquet as pq
+    from jobs.cooccurrence import check_written
+
+    part = tmp_path / "dt=2026-11-20"
+    part.mkdir()
+    pq.write_table(_pairs_table(3), part / "part-0.parquet")
+    pq.write_table(_pairs_table(2), part / "part-1.parquet")
+    check_written(part, contracts.PAIRS, 5)
+    with pytest.raises(RuntimeError, match="expected 4 rows .* count 5"):
+        check_written(part, contracts.PAIRS, 4)
+    pq.write_table(_pairs_table(2, null_rank=True), part / "part-2.parquet")
+    with pytest.raises(contracts.ContractError, match="rank.*null"):
+        check_written(part, contracts.PAIRS, 7)
+    (part / "part-2.parquet").unlink()
+    pq.write_table(_pairs_table(1).drop_columns(["score"]), part / "part-3.parquet")
+    with pytest.raises(contracts.ContractError, match="score"):
+        check_written(part, contracts.PAIRS, 6)
+
+
+def test_checkpointed_view_is_not_recomputed_from_the_files(spark, tmp_path):
+    """A view reading the files' _metadata never matches its persist() cache
+    entry, so every action re-scanned the raw files; the checkpoint cuts that."""
+    from jobs.cooccurrence import checkpoint_view, release
+
+    write_notes(tmp_path / "notes.parquet", list("abc"))
+    (spark.read.parquet(str(tmp_path / "notes.parquet"))
+     .selectExpr("note_id", "_metadata.file_path AS source").createOrReplaceTempView("t_meta"))
+    df = checkpoint_view(spark, "t_meta")
+    spark.sql("CREATE OR REPLACE TEMPORARY VIEW t_down AS SELECT note_id FROM t_meta WHERE note_id <> 'b'")
+    plan = spark.table("t_down")._jdf.queryExecution().executedPlan().toString()
+    assert "FileScan" not in plan and "ExistingRDD" in plan
+    assert sorted(r.note_id for r in spark.table("t_down").collect()) == ["a", "c"]
+    release(df)
+
+
+def test_user_keys_broadcast_only_when_they_fit_the_threshold(spark):
+    from jobs.cooccurrence import broadcast_if_small
+
+    spark.range(100).selectExpr("CAST(id AS STRING) AS user_id", "id AS user_key") \
+        .localCheckpoint().createOrReplaceTempView("t_keys")
+    spark.range(1000).selectExpr("CAST(id % 100 AS STRING) AS user_id").createOrReplaceTempView("t_events")
+    join = "SELECT e.user_id, k.user_key FROM t_events e JOIN t_keys k ON k.user_id = e.user_id"
+    assert not broadcast_if_small(spark, "t_keys", 10 ** 9)           # too big for the threshold
+    old = spark.conf.get("spark.sql.autoBroadcastJoinThreshold")
+    try:
+        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")    # the user turned broadcasts off
+        assert not broadcast_if_small(spark, "t_keys", 100)
+        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "10MB")
+        assert broadcast_if_small(spark, "t_keys", 100)
+        assert "BroadcastHashJoin" in spark.sql(join)._jdf.queryExecution().executedPlan().toString()
+        assert spark.sql(join).count() == 1000
+    finally:
+        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", old)
