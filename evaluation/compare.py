@@ -49,7 +49,8 @@ SYSTEMS = {  # name -> (label, group)
     "notellm_short": ("NoteLLM, short template (v2-short)", "notellm"),
 }
 NOTELLM_VARIANTS = {  # name -> training.train overrides
-    "notellm_no_csft": {"alpha": 0.0, "template_version": "v1-paper"},
+    # alpha = 0 and r = 0: only L_cl, and every note through the category prompt used at inference
+    "notellm_no_csft": {"alpha": 0.0, "r": 0.0, "template_version": "v1-paper"},
     "notellm": {"template_version": "v1-paper"},
     "notellm_short": {"template_version": "v2-short"},
 }
@@ -87,12 +88,22 @@ class SystemCache:
         os.replace(tmp, d / "result.json")
 
 
-def train_notellm(name: str, prepared: protocol.PreparedData, run_dir: Path, args) -> dict:
-    """Run ``python -m training.train`` (resumable: an interrupted run continues from its checkpoint)."""
-    overrides = {"backbone": args.backbone, "pairs": prepared.train_pairs, "notes": prepared.notes,
-                 "output_dir": run_dir, "max_steps": args.steps, "batch_pairs": args.batch_pairs,
-                 "lr": args.lr, "warmup_steps": args.warmup, "save_every": max(5, args.steps // 2),
-                 "log_every": 5, "seed": args.seed, **NOTELLM_VARIANTS[name]}
+def notellm_overrides(name: str, prepared: protocol.PreparedData, args) -> dict:
+    return {"backbone": args.backbone, "pairs": prepared.train_pairs, "notes": prepared.notes,
+            "max_steps": args.steps, "batch_pairs": args.batch_pairs,
+            "lr": args.lr, "warmup_steps": args.warmup, "save_every": max(5, args.steps // 2),
+            "log_every": 5, "seed": args.seed, **NOTELLM_VARIANTS[name]}
+
+
+def train_notellm(name: str, prepared: protocol.PreparedData, work: Path, args) -> tuple[Path, dict]:
+    """Run ``python -m training.train`` (resumable: an interrupted run continues from its checkpoint).
+
+    The run folder is named by a digest of every override and of the training data, so a
+    changed parameter never reuses (or resumes) a model trained with other settings."""
+    overrides = notellm_overrides(name, prepared, args)
+    digest = _key_digest({**overrides, "train_pairs": protocol.data_digest(prepared.train_pairs)})
+    run_dir = work / "runs" / f"{name}-{digest}"
+    overrides["output_dir"] = run_dir
     cmd = [sys.executable, "-m", "training.train"]
     for k, v in overrides.items():
         cmd += ["--set", f"{k}={v}"]
@@ -109,7 +120,7 @@ def train_notellm(name: str, prepared: protocol.PreparedData, run_dir: Path, arg
         curve["step"].append(row["step"])
         curve["l_cl"].append(row["l_cl"])
         curve["l_gen"].append(row["l_gen"] if name != "notellm_no_csft" else None)
-    return {"train_wall_s": round(wall, 1) if wall > 1 else metrics.get("wall_s_this_run"),
+    return run_dir, {"train_wall_s": round(wall, 1) if wall > 1 else metrics.get("wall_s_this_run"),
             "train_wall_s_in_trainer": metrics.get("wall_s_this_run"),
             "train_samples_per_s": metrics.get("samples_per_s_this_run"),
             "loss_curve": curve, "command": " ".join(map(str, cmd))}
@@ -158,10 +169,16 @@ def run_system(name: str, pool_notes: list[dict], prepared, es, args, work: Path
     elif name in ("minilm", "minilm_ft"):
         model_dir = None
         if name == "minilm_ft":
-            model_dir = work / "runs" / f"minilm_ft-{args.steps}x{args.batch_pairs}"
-            train_pairs = protocol.read_train_pairs(prepared)
-            ft = systems.minilm_finetune(train_pairs, notes_all, model_dir, args.steps, args.batch_pairs,
-                                         seed=args.seed)
+            ft_key = {"steps": args.steps, "batch_pairs": args.batch_pairs, "seed": args.seed,
+                      "train_pairs": protocol.data_digest(prepared.train_pairs)}
+            model_dir = work / "runs" / f"minilm_ft-{_key_digest(ft_key)}"
+            if (model_dir / "finetune.json").exists():           # the model does not depend on the test set
+                ft = json.loads((model_dir / "finetune.json").read_text())
+            else:
+                train_pairs = protocol.read_train_pairs(prepared)
+                ft = systems.minilm_finetune(train_pairs, notes_all, model_dir, args.steps, args.batch_pairs,
+                                             seed=args.seed)
+                (model_dir / "finetune.json").write_text(json.dumps(ft))
             result["cost"].update(train_wall_s=ft["train_wall_s"], train_samples_per_s=ft["train_samples_per_s"])
             result["loss_curve"] = ft["loss_curve"]
         model = systems.load_minilm(model_dir)
@@ -169,14 +186,12 @@ def run_system(name: str, pool_notes: list[dict], prepared, es, args, work: Path
         scores = systems.cosine_scores(systems.minilm_embed(model, pool_notes))
         wall = time.perf_counter() - t0
     elif name == "smollm_prompteol":
-        t0 = time.perf_counter()
         backbone = ensure_default_backbone() if args.backbone == "smollm2" else args.backbone
-        scores = systems.cosine_scores(systems.prompteol_embed(backbone, pool_notes))
-        wall = time.perf_counter() - t0
+        vectors, wall = systems.prompteol_embed(backbone, pool_notes)     # wall: embedding only, model loaded
+        scores = systems.cosine_scores(vectors)
     elif name in NOTELLM_VARIANTS:
         from notellm.encoder import NoteEncoder
-        run_dir = work / "runs" / f"{name}-{args.steps}x{args.batch_pairs}-lr{args.lr}-{_key_digest({'b': args.backbone})[:8]}"
-        tr = train_notellm(name, prepared, run_dir, args)
+        run_dir, tr = train_notellm(name, prepared, work, args)
         result["cost"].update(train_wall_s=tr["train_wall_s"], train_samples_per_s=tr["train_samples_per_s"])
         result["loss_curve"], result["train_command"] = tr["loss_curve"], tr["command"]
         encoder = NoteEncoder.load(run_dir / "model")
@@ -239,7 +254,8 @@ def main(argv=None) -> int:
         key = {"system": name, "test_set": fingerprint, "seed": args.seed,
                "gen_notes": [n["note_id"] for n in gen_notes] if name in GENERATING else None}
         if name in NOTELLM_VARIANTS or name == "minilm_ft":
-            key.update(steps=args.steps, batch_pairs=args.batch_pairs, train_pairs=str(prepared.train_pairs))
+            key.update(steps=args.steps, batch_pairs=args.batch_pairs,
+                       train_pairs=protocol.data_digest(prepared.train_pairs))
         if name in NOTELLM_VARIANTS or name == "smollm_prompteol":
             key.update(backbone=args.backbone)
         if name in NOTELLM_VARIANTS:
@@ -326,7 +342,9 @@ def assemble_results(args, names, per_system, es, row, prepared, stages, notes_a
         "config": {"training_steps": args.steps, "batch_pairs": args.batch_pairs,
                    "training_pairs_seen": args.steps * args.batch_pairs, "notellm_lr": args.lr,
                    "notellm_warmup_steps": args.warmup, "minilm_lr": 2e-5, "backbone": "SmolLM2-135M-Instruct (fp32)",
-                   "embedding_dim_notellm": 128, "r": 0.4, "alpha": 0.01, "tau_init": 3.0,
+                   "embedding_dim_notellm": 128, "tau_init": 3.0,
+                   "notellm_variants": {k: {"r": v.get("r", 0.4), "alpha": v.get("alpha", 0.01),
+                                            "template": v["template_version"]} for k, v in NOTELLM_VARIANTS.items()},
                    "train_window": f"2009-10-01 .. {protocol.TRAIN_RUN_DATE}",
                    "test_window": f"{protocol.TEST_WINDOW_START} .. {protocol.TEST_RUN_DATE}",
                    "samples": "notes (a pair is two samples)"},

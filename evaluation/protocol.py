@@ -188,9 +188,22 @@ def build_eval_set(prepared: PreparedData, n_pairs: int, pool_size: int, seed: i
     return EvalSet(pool, cooc, link_pairs, exposure, threshold, new_queries, meta)
 
 
+def data_digest(partition: Path) -> str:
+    """Identity of a marked partition: its ``_stats.json`` (rewritten whenever the partition is)."""
+    import hashlib
+    require_success(partition)
+    stats = partition / "_stats.json"
+    return hashlib.sha256(stats.read_bytes() if stats.exists() else b"").hexdigest()[:16]
+
+
+EVAL_SET_VERSION = 1
+
+
 def load_or_build_eval_set(path: Path, prepared: PreparedData, n_pairs: int, pool_size: int, seed: int) -> EvalSet:
-    """Cached by its parameters: a rerun with the same parameters scores the same test set."""
-    key = {"n_pairs": n_pairs, "pool_size": pool_size, "seed": seed}
+    """Cached by its parameters and the split's identity: a rerun scores the same test set,
+    a re-mined split gets a new one."""
+    key = {"n_pairs": n_pairs, "pool_size": pool_size, "seed": seed, "version": EVAL_SET_VERSION,
+           "split": data_digest(prepared.split), "test_pairs": data_digest(prepared.split / "test_pairs")}
     if path.exists():
         cached = json.loads(path.read_text())
         if cached.get("key") == key:

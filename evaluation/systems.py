@@ -53,7 +53,9 @@ def bm25_scores(pool_notes: Sequence[Mapping]) -> np.ndarray:
     retriever = bm25s.BM25(k1=1.5, b=0.75, method="lucene")
     retriever.index(corpus_tokens, show_progress=False)
     query_tokens = bm25s.tokenize(texts, stopwords="en", show_progress=False, return_ids=False)
-    return np.stack([np.asarray(retriever.get_scores(q), dtype=np.float32) for q in query_tokens])
+    # a note made only of stop words has no query terms: it scores 0 against everything
+    return np.stack([np.asarray(retriever.get_scores(q), dtype=np.float32) if q else np.zeros(len(texts), np.float32)
+                     for q in query_tokens])
 
 
 # ------------------------------------------------------------------ MiniLM
@@ -71,7 +73,8 @@ def minilm_embed(model, pool_notes: Sequence[Mapping], batch_size: int = 64) -> 
 def batches_without_repeats(pairs: Sequence[tuple[str, str]], batch_pairs: int, steps: int, seed: int
                             ) -> list[list[tuple[str, str]]]:
     """``steps`` batches of ``batch_pairs`` pairs in a seeded random order, no note twice in a batch
-    (a repeated note would be a false in-batch negative); pairs that collide wait for a later batch."""
+    (a repeated note would be a false in-batch negative); pairs that collide wait for a later batch.
+    One pass over the pairs: more steps than one epoch holds is refused."""
     order = list(pairs)
     random.Random(seed).shuffle(order)
     batches, current, seen, waiting = [], [], set(), []
@@ -87,7 +90,7 @@ def batches_without_repeats(pairs: Sequence[tuple[str, str]], batch_pairs: int, 
             if len(current) == batch_pairs:
                 batches.append(current)
                 current, seen = [], set()
-                queue, waiting = waiting, []
+                queue, waiting = queue + waiting, []
                 if len(batches) == steps:
                     return batches
     if len(batches) < steps:
@@ -101,8 +104,10 @@ def minilm_finetune(train_pairs: Sequence[tuple[str, str]], notes: Mapping[str, 
                     seed: int = 0) -> dict:
     """Fine-tune MiniLM with in-batch negatives (MultipleNegativesRankingLoss).
 
-    loss = mean_i CE(softmax_j(20 * cos(a_i, b_j)), i): for each pair, its
-    partner among the batch's second notes. AdamW, linear warm-up over
+    Symmetric over the 2B notes of a batch, like NoteLLM's contrastive loss:
+    each note's partner against every other note of the batch (all four
+    directions of MultipleNegativesRankingLoss, one joint softmax), with
+    similarity 20 * cos (scale 20, the library default). AdamW, linear warm-up over
     ``warmup_fraction`` of the steps then linear decay (the sentence-transformers
     recipe). Returns the cost figures and the loss curve; the model is saved.
     """
@@ -111,7 +116,8 @@ def minilm_finetune(train_pairs: Sequence[tuple[str, str]], notes: Mapping[str, 
     torch.manual_seed(seed)
     model = load_minilm()
     model.train()
-    loss_fn = MultipleNegativesRankingLoss(model)
+    loss_fn = MultipleNegativesRankingLoss(
+        model, directions=("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"), partition_mode="joint")
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     warm = max(1, int(steps * warmup_fraction))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -141,8 +147,9 @@ PROMPTEOL_TEMPLATE = 'This note : "{text}" means in one word:"'
 
 
 def prompteol_embed(backbone_dir: str | Path, pool_notes: Sequence[Mapping], batch_size: int = 16,
-                    max_title_tokens: int = 20, max_content_tokens: int = 80) -> np.ndarray:
+                    max_title_tokens: int = 20, max_content_tokens: int = 80) -> tuple[np.ndarray, float]:
     """PromptEOL (Jiang et al. 2023): the final hidden state of the prompt's last token.
+    Returns the vectors and the embedding wall time (model loading excluded, as for the others).
 
     Title and content are truncated to the same token budgets as NoteLLM's
     prompt; batches are left-padded so the last position is the prompt's end.
@@ -162,6 +169,7 @@ def prompteol_embed(backbone_dir: str | Path, pool_notes: Sequence[Mapping], bat
         body = " ".join(x for x in (cut(note["title"], max_title_tokens), tags,
                                     cut(note["content"], max_content_tokens)) if x)
         prompts.append(PROMPTEOL_TEMPLATE.format(text=body))
+    t0 = time.perf_counter()
     encoded = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
     order = np.argsort([len(e) for e in encoded], kind="stable")
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
@@ -175,9 +183,12 @@ def prompteol_embed(backbone_dir: str | Path, pool_notes: Sequence[Mapping], bat
             for r, i in enumerate(idx):                      # left padding
                 ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
                 mask[r, width - len(encoded[i]):] = 1
-            hidden = model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            # explicit positions: left padding must not shift the prompt's positions
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            hidden = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                           use_cache=False).last_hidden_state
             out[idx] = hidden[:, -1].float().numpy()
-    return out
+    return out, time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------ random within category (a floor)
