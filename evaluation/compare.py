@@ -39,6 +39,7 @@ from evaluation import protocol, scoring, systems, text_metrics
 from notellm.metrics import test_set_fingerprint
 
 KS = (10, 50, 100, 1000)
+HEADLINE_K = 100  # the paper's headline metric; intervals and paired tests are at this K
 SYSTEMS = {  # name -> (label, group)
     "bm25": ("BM25 (title + content)", "baseline"),
     "minilm": ("all-MiniLM-L6-v2 zero-shot (SentenceBERT)", "baseline"),
@@ -287,6 +288,7 @@ def assemble_results(args, names, per_system, es, row, prepared, stages, notes_a
     cooc_buckets = [es.bucket(q) for q, _ in es.cooccurrence]
     new_sel = np.array([q in es.new_queries for q, _ in es.cooccurrence])
     sys_out = []
+    hits = {}  # signal -> name -> hit vector at the headline K, for intervals and paired tests
     for name in names:
         scores, result = per_system[name]
         entry = {"name": name, "label": SYSTEMS[name][0], "group": SYSTEMS[name][1], "recall": {},
@@ -298,6 +300,10 @@ def assemble_results(args, names, per_system, es, row, prepared, stages, notes_a
             ev = scoring.evaluate_signal(ranks[s], n_pool, KS)
             entry["recall"][s], entry["k_capped"], entry["pairs"][s] = ev["recall"], ev["k_capped"], ev["pairs"]
             entry["recall_curve"][s] = ev["curve"]
+            h = scoring.hits_at_k(ranks[s], n_pool, HEADLINE_K)
+            hits.setdefault(s, {})[name] = h
+            if len(h):
+                entry.setdefault("recall_ci", {})[s] = {str(HEADLINE_K): list(scoring.bootstrap_interval(h, seed=args.seed))}
         entry["by_exposure"] = scoring.evaluate_buckets(ranks["cooccurrence"], cooc_buckets, n_pool, KS)
         entry["new_notes"] = ({"recall": scoring.evaluate_signal(ranks["cooccurrence"][new_sel], n_pool, KS)["recall"],
                                "pairs": int(new_sel.sum())} if new_sel.any() else None)
@@ -327,6 +333,11 @@ def assemble_results(args, names, per_system, es, row, prepared, stages, notes_a
     floor["new_notes"] = {"recall": {str(k): v for k, v in systems.random_within_category_recall(
         cats, [qr[i] for i in sel], [tr[i] for i in sel], KS).items()}, "pairs": int(len(sel))} if len(sel) else None
 
+    # every pair of systems on the same test pairs, later (in SYSTEMS order) vs earlier
+    paired = {s: [{"a": a, "b": b, "k": HEADLINE_K, **scoring.paired_comparison(by[a], by[b], seed=args.seed)}
+                  for j, a in enumerate(names) for b in names[:j] if len(by[a])]
+              for s, by in hits.items()}
+
     cases = build_cases(args, names, per_system, es, row, pool_notes, gen_notes)
     split_counts = prepared.stats["split"].get("counts", {})
     return {
@@ -339,6 +350,7 @@ def assemble_results(args, names, per_system, es, row, prepared, stages, notes_a
                                                          ("pool_size", args.pool_size), ("gen_notes", args.gen_notes),
                                                          ("seed", args.seed))),
         "wall_s": round(wall_s, 1),
+        "compute_s": round(_compute_seconds(stages, per_system), 1),
         "config": {"training_steps": args.steps, "batch_pairs": args.batch_pairs,
                    "training_pairs_seen": args.steps * args.batch_pairs, "notellm_lr": args.lr,
                    "notellm_warmup_steps": args.warmup, "minilm_lr": 2e-5, "backbone": "SmolLM2-135M-Instruct (fp32)",
@@ -355,10 +367,26 @@ def assemble_results(args, names, per_system, es, row, prepared, stages, notes_a
                     "postlinks": "human-made PostLinks (linked/duplicate) between two test-pool questions"},
         "systems": sys_out,
         "random_within_category": floor,
+        "paired": paired,
+        "uncertainty": {"k": HEADLINE_K, "level": 0.95, "bootstrap_resamples": 2000,
+                        "interval": "percentile bootstrap over test pairs",
+                        "paired_test": "exact two-sided McNemar on the discordant pairs"},
         "paper_table2": PAPER_TABLE2,
         "cases": cases,
         **({"discussion_md": args.discussion.read_text()} if args.discussion else {}),
     }
+
+
+def _compute_seconds(stages: dict, per_system: dict) -> float:
+    """What the whole comparison costs from scratch: every data stage and every
+    system's training, embedding and generation as first computed (cached
+    stages keep the wall time of the run that computed them)."""
+    total = sum(e.get("wall_s") or 0.0 for e in stages.values())
+    for _, result in per_system.values():
+        cost = result.get("cost") or {}
+        total += (cost.get("train_wall_s") or 0.0) + (cost.get("embed_wall_s") or 0.0)
+        total += (result.get("generation") or {}).get("wall_s") or 0.0
+    return total
 
 
 def _note_view(note: dict) -> dict:

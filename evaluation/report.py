@@ -214,6 +214,29 @@ def _k_capped_note(results: Mapping, ks: Sequence[str]) -> str:
     return f"K is capped at the pool size minus the query: {parts}."
 
 
+def paired_of(results: Mapping, sig: str, a: str, b: str) -> Mapping | None:
+    """The paired comparison of systems a and b on a signal, oriented as a - b."""
+    for c in (results.get("paired") or {}).get(sig) or []:
+        if c.get("a") == a and c.get("b") == b:
+            return c
+        if c.get("a") == b and c.get("b") == a:
+            lo, hi = c["ci"]
+            return {**c, "a": a, "b": b, "diff": -c["diff"], "ci": [-hi, -lo],
+                    "a_only": c["b_only"], "b_only": c["a_only"]}
+    return None
+
+
+def paired_text(c: Mapping, shown_diff: float | None = None) -> str:
+    """'+2.0 points (95% CI -4.7 to +8.7; McNemar p = 0.62, 12 vs 9 discordant pairs)'.
+
+    ``shown_diff`` (points) replaces the exact difference where the sentence
+    already shows both rounded recalls, so the numbers a reader subtracts agree."""
+    lo, hi = c["ci"]
+    diff = 100 * c["diff"] if shown_diff is None else shown_diff
+    return (f"{diff:+.1f} points (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}; McNemar p = "
+            f"{c['p_mcnemar']:.2g}, {c['a_only']} vs {c['b_only']} discordant pairs)")
+
+
 # ------------------------------------------------------------------ sections
 
 def _ranking(results: Mapping, sig: str, k: str) -> list[tuple[float, Mapping]]:
@@ -274,8 +297,9 @@ def glance_sentences(results: Mapping) -> list[str]:
             groups.setdefault(s.get("group"), (v, s))
         if "notellm" in groups and "baseline" in groups:
             (nv, ns), (bv, bs) = groups["notellm"], groups["baseline"]
+            c = paired_of(results, sig, ns["name"], bs["name"]) if "name" in ns and "name" in bs else None
             text += (f" Best NoteLLM variant ({label_of(ns)}, {nv:.1f}%) vs best baseline "
-                     f"({label_of(bs)}, {bv:.1f}%): {_points(nv - bv)}.")
+                     f"({label_of(bs)}, {bv:.1f}%): " + (paired_text(c, nv - bv) if c else _points(nv - bv)) + ".")
         pairs = (w.get("pairs") or {}).get(sig)
         ranking = " > ".join(f"{label_of(s)} {v:.1f}" for v, s in ranked)
         out.append(text + "\n\n" + f"  Ranking by Recall@{HEADLINE_K} (%)"
@@ -305,15 +329,64 @@ def recall_tables(results: Mapping, plots: Mapping[str, str]) -> list[str]:
         cols = [_cells([recall_of(s, sig, k) for s in systems]) for k in ks]
         rows = [[escape_cell(label_of(s), None), s.get("group") or ""] + [c[i] for c in cols]
                 for i, s in enumerate(systems)]
+        with_ci = any(((s.get("recall_ci") or {}).get(sig) or {}).get(HEADLINE_K) for s in systems)
+        if with_ci:
+            for row, s in zip(rows, systems):
+                ci = ((s.get("recall_ci") or {}).get(sig) or {}).get(HEADLINE_K)
+                row.append(f"{pct(ci[0])}-{pct(ci[1])}" if ci else "")
         frec = (floor.get("recall") or {}).get(sig)
         if frec:
-            rows.append(["*random within category (floor)*", "floor"] + [f"*{pct(frec.get(k))}*" for k in ks])
-        lines += _table(["System", "Group"] + [f"R@{k}" for k in ks], rows, ["---", "---"] + ["---:"] * len(ks))
+            rows.append(["*random within category (floor)*", "floor"] + [f"*{pct(frec.get(k))}*" for k in ks]
+                        + ([""] if with_ci else []))
+        lines += _table(["System", "Group"] + [f"R@{k}" for k in ks] + ([f"R@{HEADLINE_K} 95% CI"] if with_ci else []),
+                        rows, ["---", "---"] + ["---:"] * (len(ks) + with_ci))
         note = _k_capped_note(results, ks)
         lines += ["", note] if note else []
         lines.append("")
     if plots.get("recall_at_k"):
         lines += [f"![Recall@K per system, one panel per relevance signal]({plots['recall_at_k']})", ""]
+    return lines
+
+
+SIGNIFICANCE_CONTRASTS = (  # (a, b, why) shown when both systems ran
+    ("notellm", "minilm_ft", "the issue's target: NoteLLM vs the fine-tuned SentenceBERT (online baseline)"),
+    ("notellm", "minilm", "NoteLLM vs zero-shot SentenceBERT"),
+    ("notellm_short", "minilm_ft", "short template vs the fine-tuned SentenceBERT"),
+    ("notellm_no_csft", "minilm_ft", "contrastive-only vs the fine-tuned SentenceBERT"),
+    ("notellm", "notellm_no_csft", "effect of CSFT (same prompt, same steps)"),
+    ("notellm_short", "notellm", "short vs paper template"),
+    ("notellm_no_csft", "smollm_prompteol", "effect of contrastive training on the LLM"),
+    ("minilm_ft", "minilm", "effect of fine-tuning MiniLM on the pairs"),
+)
+
+
+def significance_section(results: Mapping) -> list[str]:
+    """Paired differences at the headline K with bootstrap intervals and McNemar p."""
+    if not results.get("paired"):
+        return []
+    unc = results.get("uncertainty") or {}
+    lines = ["## Are the differences real?", "",
+             f"Differences of Recall@{HEADLINE_K} on the same test pairs (A - B, points), with a "
+             f"{100 * unc.get('level', 0.95):.0f}% paired bootstrap interval ({unc.get('bootstrap_resamples', '?')} "
+             "resamples of the pairs) and the exact two-sided McNemar p-value on the pairs only one system hits. "
+             "An interval that contains 0 means this test set cannot tell the two apart.", ""]
+    names = {s["name"] for s in results["systems"] if "name" in s}
+    labels = {s["name"]: label_of(s) for s in results["systems"] if "name" in s}
+    for sig in signals_of(results):
+        rows = []
+        for a, b, why in SIGNIFICANCE_CONTRASTS:
+            c = paired_of(results, sig, a, b) if a in names and b in names else None
+            if c is None:
+                continue
+            lo, hi = c["ci"]
+            rows.append([escape_cell(labels[a], None), escape_cell(labels[b], None), why,
+                         f"{100 * c['diff']:+.1f}", f"{100 * lo:+.1f} to {100 * hi:+.1f}",
+                         f"{c['a_only']} / {c['b_only']}", f"{c['p_mcnemar']:.2g}"])
+        if rows:
+            lines += [f"### {signal_label(results, sig)}", ""]
+            lines += _table(["A", "B", "Contrast", "A - B", "95% CI", "only A / only B hit", "McNemar p"], rows,
+                            ["---", "---", "---", "---:", "---:", "---:", "---:"])
+            lines.append("")
     return lines
 
 
@@ -553,7 +626,12 @@ def report_markdown(results: Mapping, plots: Mapping[str, str] | None = None) ->
     lines = [f"# NoteLLM quality report ({escape_cell(results.get('date') or 'undated', None)})", ""]
     if results.get("machine"):
         lines.append(f"- Machine: {escape_cell(results['machine'], None)}")
-    if results.get("wall_s") is not None:
+    if results.get("compute_s") is not None:
+        lines.append(f"- Compute time of the whole comparison from scratch (every stage as first computed): "
+                     f"{duration(results['compute_s'])}"
+                     + (f"; this invocation, reusing cached stages: {duration(results['wall_s'])}"
+                        if results.get("wall_s") is not None else ""))
+    elif results.get("wall_s") is not None:
         lines.append(f"- Total wall time: {duration(results['wall_s'])}")
     if results.get("command"):
         lines += ["- Command:", "", "  ```", f"  {results['command']}", "  ```"]
@@ -561,7 +639,8 @@ def report_markdown(results: Mapping, plots: Mapping[str, str] | None = None) ->
     sentences = glance_sentences(results)
     lines += [f"- {s}" for s in sentences] if sentences else [f"No system reports Recall@{HEADLINE_K}."]
     lines.append("")
-    for section in (recall_tables(results, plots), exposure_table(results, plots), new_notes_table(results),
+    for section in (recall_tables(results, plots), significance_section(results), exposure_table(results, plots),
+                    new_notes_table(results),
                     generation_table(results), cost_table(results, plots), paper_section(results),
                     data_section(results), cases_section(results)):
         lines += section

@@ -55,3 +55,69 @@ def evaluate_signal(ranks: np.ndarray, pool_size: int, ks: Sequence[int]) -> dic
 def evaluate_buckets(ranks: np.ndarray, labels: Sequence[str], pool_size: int, ks: Sequence[int]) -> dict:
     out = recall_by_bucket(ranks, labels, pool_size, ks)
     return {b: {"recall": {str(k): v for k, v in r["recall"].items()}, "pairs": r["pairs"]} for b, r in out.items()}
+
+
+# ------------------------------------------------------------------ uncertainty
+# A test set of a few hundred pairs gives Recall@K a standard error of several
+# points, so the report states intervals and paired tests beside the means.
+
+def hits_at_k(ranks: np.ndarray, pool_size: int, k: int) -> np.ndarray:
+    """Boolean hit vector: rank <= min(k, pool_size - 1) (the capped K of Recall@K)."""
+    return np.asarray(ranks) <= max(0, min(int(k), pool_size - 1))
+
+
+def _bootstrap_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+
+
+def bootstrap_interval(hits: Sequence[bool], n_resamples: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of a recall (mean of a 0/1 hit vector).
+
+    Resample the n pairs with replacement B times; recall*_b = mean of the
+    resampled hits; the interval is the (1-level)/2 and (1+level)/2 quantiles
+    of {recall*_b} (numpy's linear interpolation). Deterministic for a seed.
+    """
+    h = np.asarray(hits, dtype=np.float64)
+    if h.size == 0:
+        raise ValueError("bootstrap_interval needs at least one pair")
+    means = h[_bootstrap_indices(h.size, n_resamples, seed)].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def mcnemar_exact_p(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar test on the discordant pairs.
+
+    Under H0 (both systems hit equally often) each of the n = a_only + b_only
+    discordant pairs is a fair coin, so with m = min(a_only, b_only)
+
+        p = min(1, 2 * sum_{i=0..m} C(n, i) / 2^n)
+
+    (p = 1 when n = 0). Computed with exact integers.
+    """
+    if a_only < 0 or b_only < 0:
+        raise ValueError("discordant counts must be >= 0")
+    n, m = a_only + b_only, min(a_only, b_only)
+    if n == 0:
+        return 1.0
+    from math import comb
+    tail = sum(comb(n, i) for i in range(m + 1))
+    return min(1.0, 2 * tail / 2 ** n)
+
+
+def paired_comparison(hits_a: Sequence[bool], hits_b: Sequence[bool], n_resamples: int = 2000,
+                      level: float = 0.95, seed: int = 0) -> dict:
+    """System A vs system B on the same pairs: difference of recalls with a paired
+    bootstrap interval (the same resampled pairs for both systems) and the exact
+    McNemar p-value. ``diff`` = recall_A - recall_B, as fractions."""
+    a = np.asarray(hits_a, dtype=bool)
+    b = np.asarray(hits_b, dtype=bool)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired_comparison needs two hit vectors of the same non-zero length, got {a.size} and {b.size}")
+    d = a.astype(np.float64) - b.astype(np.float64)
+    diffs = d[_bootstrap_indices(d.size, n_resamples, seed)].mean(axis=1)
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    a_only, b_only = int((a & ~b).sum()), int((b & ~a).sum())
+    return {"diff": float(d.mean()), "ci": [float(lo), float(hi)], "a_only": a_only, "b_only": b_only,
+            "p_mcnemar": mcnemar_exact_p(a_only, b_only), "pairs": int(a.size)}

@@ -191,8 +191,73 @@ def test_compare_end_to_end_tiny(prepared_root, tiny_llama_dir, tmp_path):
     assert nl["loss_curve"]["step"] == [1, 2] and nl["cost"]["train_wall_s"] > 0
     assert nl["generation"]["category_constrained"]["outside_known"] == 0.0      # constrained: known only
     assert len(metrics["cases"]["queries"]) == 2
+    lo, hi = nl["recall_ci"]["cooccurrence"]["100"]
+    assert lo <= nl["recall"]["cooccurrence"]["100"] <= hi
+    assert len(metrics["paired"]["postlinks"]) == 10          # every pair of the 5 systems once
+    assert {(c["a"], c["b"]) for c in metrics["paired"]["cooccurrence"]} >= {("notellm", "minilm_ft")}
+    assert "## Are the differences real?" in (out / "test" / "report.md").read_text()
     assert (out / "test" / "report.md").read_text().count("BM25") >= 1
     # a rerun reuses every system (nothing retrained)
     before = {p: p.stat().st_mtime_ns for p in (prepared_root / "systems").glob("*/scores.npy")}
     assert compare.main(argv) == 0
     assert before == {p: p.stat().st_mtime_ns for p in (prepared_root / "systems").glob("*/scores.npy")}
+
+
+def test_mcnemar_exact_p_hand_computed():
+    # n = 6 discordant, m = 1: 2 * (C(6,0) + C(6,1)) / 2^6 = 2 * 7 / 64
+    assert scoring.mcnemar_exact_p(1, 5) == pytest.approx(14 / 64)
+    assert scoring.mcnemar_exact_p(5, 1) == pytest.approx(14 / 64)
+    # n = 10, m = 0: 2 / 1024
+    assert scoring.mcnemar_exact_p(0, 10) == pytest.approx(2 / 1024)
+    assert scoring.mcnemar_exact_p(3, 3) == 1.0 and scoring.mcnemar_exact_p(0, 0) == 1.0
+    with pytest.raises(ValueError):
+        scoring.mcnemar_exact_p(-1, 2)
+    from scipy.stats import binomtest
+    for a, b in [(2, 9), (7, 4), (13, 30)]:
+        assert scoring.mcnemar_exact_p(a, b) == pytest.approx(binomtest(a, a + b, 0.5).pvalue)
+
+
+def test_bootstrap_interval_matches_a_plain_loop_and_covers_the_mean():
+    hits = np.array([1, 0, 0, 1, 1, 0, 1, 0, 0, 0] * 3, dtype=bool)
+    lo, hi = scoring.bootstrap_interval(hits, n_resamples=500, seed=3)
+    idx = np.random.default_rng(3).integers(0, len(hits), size=(500, len(hits)))
+    means = sorted(float(np.mean([hits[i] for i in row])) for row in idx)
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])))
+    assert lo < hits.mean() < hi
+    assert scoring.bootstrap_interval(np.ones(20, bool)) == (1.0, 1.0)
+    with pytest.raises(ValueError):
+        scoring.bootstrap_interval([])
+
+
+def test_paired_comparison_counts_discordant_pairs():
+    a = np.array([1, 1, 1, 0, 0, 1, 0, 1], bool)
+    b = np.array([1, 0, 0, 0, 1, 1, 0, 0], bool)
+    c = scoring.paired_comparison(a, b, n_resamples=300)
+    assert c["diff"] == pytest.approx((5 - 3) / 8)
+    assert (c["a_only"], c["b_only"], c["pairs"]) == (3, 1, 8)
+    assert c["p_mcnemar"] == pytest.approx(scoring.mcnemar_exact_p(3, 1))
+    assert c["ci"][0] <= c["diff"] <= c["ci"][1]
+    same = scoring.paired_comparison(a, a)
+    assert same["diff"] == 0 and same["ci"] == [0.0, 0.0] and same["p_mcnemar"] == 1.0
+    with pytest.raises(ValueError, match="same non-zero length"):
+        scoring.paired_comparison(a, b[:5])
+
+
+def test_hits_at_k_caps_k_at_the_pool():
+    ranks = np.array([1, 5, 9, 10])
+    assert scoring.hits_at_k(ranks, pool_size=100, k=5).tolist() == [True, True, False, False]
+    assert scoring.hits_at_k(ranks, pool_size=10, k=100).tolist() == [True, True, True, False]  # K -> 9
+
+
+def test_run_stage_keeps_the_wall_time_of_the_computing_run(tmp_path):
+    import sys as _sys
+    done = tmp_path / "_SUCCESS"
+    cmd = [_sys.executable, "-c", f"import time; time.sleep(0.2); open({str(done)!r}, 'w').close()"]
+    times, first, second = {}, {}, {}
+    protocol.run_stage("stage", cmd, done, first, times)
+    assert first["stage"]["wall_s"] > 0 and times == {"stage": first["stage"]["wall_s"]}
+    protocol.run_stage("stage", cmd, done, second, times)          # cached: not rerun, cost kept
+    assert second["stage"] == {**first["stage"], "reused": True}
+    third = {}
+    protocol.run_stage("stage", cmd, done, third, None)
+    assert "wall_s" not in third["stage"] and third["stage"]["reused"]

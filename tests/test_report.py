@@ -294,3 +294,31 @@ def test_escape_cell():
     assert escape_cell("<b>x</b>") == "&lt;b&gt;x&lt;/b&gt;"
     assert escape_cell("x" * 100, 10) == "x" * 9 + "…"
     assert escape_cell(None) == ""
+
+
+def test_intervals_and_paired_tests_are_shown_and_oriented(tmp_path):
+    results = make_results()
+    results["systems"][2]["recall_ci"] = {"cooccurrence": {"100": [0.31, 0.40]}}
+    results["paired"] = {
+        "cooccurrence": [{"a": "notellm", "b": "bm25", "k": 100, "diff": 0.026, "ci": [-0.031, 0.084],
+                          "a_only": 21, "b_only": 11, "p_mcnemar": 0.11, "pairs": 400},
+                         {"a": "notellm", "b": "minilm", "k": 100, "diff": 0.054, "ci": [-0.02, 0.13],
+                          "a_only": 30, "b_only": 8, "p_mcnemar": 0.00042, "pairs": 400}],
+        # stored the other way round: the report must flip it to NoteLLM - MiniLM
+        "postlinks": [{"a": "minilm", "b": "notellm", "k": 100, "diff": 0.03, "ci": [0.01, 0.05],
+                       "a_only": 5, "b_only": 2, "p_mcnemar": 0.45, "pairs": 80}],
+    }
+    md = render_report(results, tmp_path).read_text(encoding="utf-8")
+    glance = _section(md, "## At a glance")
+    assert "+2.5 points (95% CI -3.1 to +8.4; McNemar p = 0.11, 21 vs 11 discordant pairs)" in glance
+    rec = _table_rows(_section(md, "### mined co-click pairs"))
+    assert rec["NoteLLM"][-1] == "31.0-40.0" and rec["BM25 (title + content)"][-1] == ""
+    sig = _section(md, "## Are the differences real?")
+    post = sig[sig.index("### human PostLinks"):]
+    row = _table_rows(post)["NoteLLM"]
+    assert row[3:] == ["-3.0", "-5.0 to -1.0", "2 / 5", "0.45"]
+    assert _table_rows(sig)["NoteLLM"][3:] == ["+5.4", "-2.0 to +13.0", "30 / 8", "0.00042"]
+
+
+def test_report_without_paired_block_has_no_significance_section(rendered):
+    assert "## Are the differences real?" not in rendered[3]
