@@ -132,21 +132,33 @@ def generate_for(encoder, gen_notes: list[dict], categories: list[str]) -> dict:
     rows = []
     for note in gen_notes:
         j = min(5, len(note["hashtags"]))
+        text = encoder.generate(note, task="hashtag", j=j, max_new_tokens=24)
         rows.append({"note_id": note["note_id"],
                      "category_free": encoder.generate(note, task="category", max_new_tokens=16),
                      "category_constrained": encoder.generate(note, task="category", allowed_outputs=categories),
-                     "hashtags": text_metrics.parse_hashtags(encoder.generate(note, task="hashtag", j=j,
-                                                                               max_new_tokens=24))})
+                     "hashtags_text": text, "hashtags": text_metrics.parse_hashtags(text)})
+    return {"rows": rows, **generation_metrics(rows, gen_notes, categories)}
+
+
+def generation_metrics(rows: list[dict], gen_notes: list[dict], categories: list[str]) -> dict:
+    """Category accuracy / outside-known share and hashtag BLEU-4 / ROUGE from the
+    raw generations, so a change of the parsing or the metrics applies to cached
+    generations too (rows cached before the raw hashtag text was kept are
+    re-parsed from their stored list)."""
     true_cat = [n["category"] for n in gen_notes]
     known = set(categories)
-    cands = [hashtag_words(r["hashtags"]) for r in rows]
+    tags = [row_hashtags(r) for r in rows]
+    cands = [hashtag_words(t) for t in tags]
     refs = [hashtag_words(n["hashtags"]) for n in gen_notes]
-    return {"rows": rows,
-            "category_free": text_metrics.category_metrics([r["category_free"] for r in rows], true_cat, known),
+    return {"category_free": text_metrics.category_metrics([r["category_free"] for r in rows], true_cat, known),
             "category_constrained": text_metrics.category_metrics([r["category_constrained"] for r in rows],
                                                                   true_cat, known),
             "hashtags": {"bleu4": text_metrics.bleu4(cands, refs), **text_metrics.corpus_rouge(cands, refs),
                          "n": len(rows)}}
+
+
+def row_hashtags(row: dict) -> list[str]:
+    return text_metrics.parse_hashtags(row["hashtags_text"] if "hashtags_text" in row else ", ".join(row["hashtags"]))
 
 
 def hashtag_words(tags: list[str]) -> list[str]:
@@ -309,7 +321,7 @@ def assemble_results(args, names, per_system, es, row, prepared, stages, notes_a
                                "pairs": int(new_sel.sum())} if new_sel.any() else None)
         gen = result.get("generation")
         if gen:
-            entry["generation"] = {k: gen[k] for k in ("category_free", "category_constrained", "hashtags")}
+            entry["generation"] = generation_metrics(gen["rows"], gen_notes, categories)
             entry["generation_wall_s"] = gen.get("wall_s")
         else:
             entry["generation"] = None
@@ -416,7 +428,7 @@ def build_cases(args, names, per_system, es, row, pool_notes, gen_notes) -> dict
             if g:
                 r = g["rows"][i]
                 gen[name] = {"category_free": r["category_free"], "category_constrained": r["category_constrained"],
-                             "hashtags": r["hashtags"]}
+                             "hashtags": row_hashtags(r)}
         generation.append({"note_id": note["note_id"], "title": note["title"], "true_category": note["category"],
                            "true_hashtags": list(note["hashtags"]), "generated": gen})
     return {"queries": queries, "generation": generation}

@@ -208,12 +208,16 @@ def hashtag_metrics(generated: Sequence[Sequence[str]], true: Sequence[Sequence[
 
 
 def normalise_label(text: str) -> str:
-    """Category comparison key: ``text.strip().casefold()``."""
-    return text.strip().casefold()
+    """Category comparison key: surrounding whitespace and quotes and trailing
+    sentence punctuation removed, case folded (``' "Coffee." '`` -> ``coffee``).
+
+    A free-running model ends its answer like a sentence; that full stop is not
+    part of the label. Inner punctuation stays (``3dprinting.meta``)."""
+    return text.strip().strip("\"'`").rstrip(".!?,;:").strip().casefold()
 
 
 def category_metrics(predicted: Sequence[str], true: Sequence[str], known: Iterable[str]) -> dict:
-    """Category generation quality, after ``norm(s) = s.strip().casefold()``::
+    """Category generation quality, after ``norm`` = :func:`normalise_label`::
 
         accuracy      = |{i : norm(pred_i) == norm(true_i)}| / N
         outside_known = |{i : norm(pred_i) not in {norm(k) : k in known}}| / N
@@ -233,6 +237,7 @@ def category_metrics(predicted: Sequence[str], true: Sequence[str], known: Itera
     return {"accuracy": hits / n, "outside_known": outside / n, "n": n}
 
 
+_ENUMERATION = re.compile(r"^\d+[.)](\s+|$)")           # '1.' / '2) x': list numbering, not a tag
 _LIST_SEPARATORS = re.compile(r"[,;\n\uff0c\u3001]")   # comma, semicolon, newline, full-width comma, ideographic comma
 _TAG_START = re.compile(r"\s+(?=#)")                    # whitespace before a '#'-marked tag
 
@@ -252,9 +257,10 @@ def parse_hashtags(text: str) -> list[str]:
        multi-word tag without any separator cannot be told apart from several
        one-word tags and is split.
     3. Each tag: strip whitespace and surrounding quotes, drop *leading* ``#``
-       only (so ``c#`` and ``f#`` stay intact), collapse inner whitespace,
-       lower-case; empty tags are dropped and duplicates removed keeping the
-       first occurrence.
+       only (so ``c#`` and ``f#`` stay intact) and a *trailing* full stop (a
+       sentence end; ``node.js`` stays), collapse inner whitespace,
+       lower-case; list numbering (``1.``, ``2) x``) is removed, empty tags are dropped
+       and duplicates removed keeping the first occurrence.
     """
     if not text:
         return []
@@ -264,7 +270,8 @@ def parse_hashtags(text: str) -> list[str]:
         pieces = text.split()
     tags: list[str] = []
     for piece in pieces:
-        tag = " ".join(piece.strip().strip("\"'`").lstrip("#").split()).lower()
+        piece = _ENUMERATION.sub("", piece.strip().strip("\"'`"))
+        tag = " ".join(piece.lstrip("#").rstrip(".").split()).lower()
         if tag and tag not in tags:
             tags.append(tag)
     return tags

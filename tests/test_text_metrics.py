@@ -259,3 +259,17 @@ def test_parse_hashtags_other_formats():
     assert parse_hashtags("'beer', \"ipa\" ,, ") == ["beer", "ipa"]           # quotes and empty pieces
     assert parse_hashtags("c#, f#") == ["c#", "f#"]                            # only a leading '#' is a marker
     assert parse_hashtags("") == [] and parse_hashtags("  , #") == []
+
+
+def test_generated_labels_lose_sentence_punctuation_only():
+    from evaluation.text_metrics import normalise_label
+    assert normalise_label(' "Coffee." ') == "coffee"
+    assert normalise_label("3dprinting.meta") == "3dprinting.meta"
+    assert category_metrics(["Coffee.", "Beer!", "3dprinting.meta."], ["coffee", "beer", "3dprinting.meta"],
+                            ["coffee", "beer", "3dprinting.meta"]) == {"accuracy": 1.0, "outside_known": 0.0, "n": 3}
+
+
+def test_parse_hashtags_drops_list_numbering_and_sentence_ends():
+    assert parse_hashtags("1. blockchain. 2. bitcoin. 3.") == ["blockchain", "bitcoin"]
+    assert parse_hashtags("1) node.js, 2) c#") == ["node.js", "c#"]
+    assert parse_hashtags("42") == ["42"]          # a bare number without a list marker is a tag
