@@ -39,7 +39,7 @@ airflow: install
 	bash scripts/airflow_up.sh
 
 # Quality report on real data (../shared/data): about an hour on a 2-core CPU.
-# REPORT_ARGS e.g. "--steps 40 --pool-size 1200"; every stage is cached in var/quality.
+# REPORT_ARGS e.g. "--steps 120 --pool-size 1200"; every stage is cached in var/quality.
 report: install backbone
 	$(PY) -m evaluation.compare $(REPORT_ARGS)
 

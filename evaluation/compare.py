@@ -1,13 +1,13 @@
 """Quality report: NoteLLM against its baselines on real data, one command.
 
     python -m evaluation.compare [--data ../shared/data/stackexchange] [--work var/quality] [--out reports]
-        [--steps 20] [--batch-pairs 8] [--eval-pairs 150] [--pool-size 800] [--gen-notes 24]
+        [--steps 40] [--batch-pairs 8] [--eval-pairs 150] [--pool-size 800] [--gen-notes 24]
 
 Writes ``<out>/<date>/report.md``, ``metrics.json`` and ``plots/*.png``. Every
 stage is cached under ``--work`` with the parameters it depends on: the data
 stages by their ``_SUCCESS`` markers, the test set by its sampling parameters,
 each system by its own parameters and the test-set fingerprint, so a rerun
-only redoes what changed (e.g. ``--steps 40`` retrains the NoteLLM variants
+only redoes what changed (e.g. ``--steps 120`` retrains the NoteLLM variants
 and the fine-tuned MiniLM, nothing else). ``make report`` runs it.
 
 Systems (see :mod:`evaluation.systems`): BM25, all-MiniLM-L6-v2 zero-shot,
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=protocol.REPO / "var" / "quality", help="cache of every stage")
     p.add_argument("--out", type=Path, default=protocol.REPO / "reports")
     p.add_argument("--date", default=date.today().isoformat(), help="report folder name")
-    p.add_argument("--steps", type=int, default=20, help="training steps of every trained system (the budget)")
+    p.add_argument("--steps", type=int, default=40, help="training steps of every trained system (the budget)")
     p.add_argument("--batch-pairs", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4, help="NoteLLM learning rate")
     p.add_argument("--warmup", type=int, default=3)
