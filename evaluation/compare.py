@@ -326,7 +326,9 @@ def assemble_results(args, names, per_system, es, row, prepared, stages, notes_a
         else:
             entry["generation"] = None
         if result.get("train_command"):
-            entry["train_command"] = result["train_command"]
+            # as a reader reruns it: no interpreter or checkout prefix of this machine
+            entry["train_command"] = (result["train_command"].replace(sys.executable, "python")
+                                      .replace(str(protocol.REPO) + os.sep, ""))
         sys_out.append(entry)
 
     cats = [n["category"] for n in pool_notes]

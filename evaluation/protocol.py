@@ -54,13 +54,27 @@ TEST_RUN_DATE, TEST_WINDOW_DAYS = "2024-03-21", 3003       # 2016-01-01 .. 2024-
 TEST_WINDOW_START = date(2016, 1, 1)
 
 
+def _display_arg(arg) -> str:
+    """A command argument as a reader can rerun it: the interpreter as ``python``,
+    paths inside the repository relative to its root (no machine-local prefix)."""
+    text = str(arg)
+    if text == sys.executable:
+        return "python"
+    if isinstance(arg, Path) and arg.is_absolute():
+        try:
+            return str(arg.resolve().relative_to(REPO))
+        except ValueError:
+            return os.path.relpath(arg, REPO)
+    return text
+
+
 def run_stage(name: str, cmd: list[str], done: Path, log: dict, times: dict | None = None) -> None:
     """Run one CLI stage unless ``done`` exists; record the command and its wall time.
 
     ``times`` (name -> wall s, persisted by the caller) keeps the wall time of
     the run that computed a stage, so a report rendered from cached stages
     still states what each one cost."""
-    entry: dict = {"command": " ".join(str(c) for c in cmd)}
+    entry: dict = {"command": " ".join(_display_arg(c) for c in cmd)}
     if done.exists():
         entry["reused"] = True
         if times and times.get(name) is not None:

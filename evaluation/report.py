@@ -459,7 +459,7 @@ def generation_table(results: Mapping) -> list[str]:
     tokens = next(((x.get("hashtags") or {}).get("tokens") for x in g if (x.get("hashtags") or {}).get("tokens")),
                   None)
     lines = ["## Category and hashtag generation", "",
-             "Held-out notes. Category: exact match after strip + case-fold; *outside* = share of generated "
+             "Held-out notes. Category: exact match after removing surrounding whitespace, quotes and a trailing full stop, case-folded; *outside* = share of generated "
              "categories that are not a known category (lower is better). Free = greedy generation, constrained = "
              "the known category with the highest likelihood. Hashtags: corpus BLEU-4 (no smoothing) and "
              "macro-averaged ROUGE-1/2/L F1 of the generated against the note's true hashtags"
