@@ -356,6 +356,7 @@ SIGNIFICANCE_CONTRASTS = (  # (a, b, why) shown when both systems ran
     ("notellm", "notellm_no_csft", "effect of CSFT (same prompt, same steps)"),
     ("notellm_short", "notellm", "short vs paper template"),
     ("notellm_no_csft", "smollm_prompteol", "effect of contrastive training on the LLM"),
+    ("notellm", "smollm_prompteol", "NoteLLM vs its backbone zero-shot"),
     ("minilm_ft", "minilm", "effect of fine-tuning MiniLM on the pairs"),
 )
 
