@@ -149,7 +149,7 @@ def generation_metrics(rows: list[dict], gen_notes: list[dict], categories: list
     known = set(categories)
     tags = [row_hashtags(r) for r in rows]
     cands = [hashtag_words(t) for t in tags]
-    refs = [hashtag_words(n["hashtags"]) for n in gen_notes]
+    refs = [hashtag_words([text_metrics.normalise_tag(t) for t in n["hashtags"]]) for n in gen_notes]
     return {"category_free": text_metrics.category_metrics([r["category_free"] for r in rows], true_cat, known),
             "category_constrained": text_metrics.category_metrics([r["category_constrained"] for r in rows],
                                                                   true_cat, known),
@@ -297,6 +297,8 @@ def assemble_results(args, names, per_system, es, row, prepared, stages, notes_a
     n_pool = len(es.pool)
     signals = {"cooccurrence": es.cooccurrence, "postlinks": es.postlinks}
     rows_of = {s: ([row[q] for q, _ in pairs], [row[t] for _, t in pairs]) for s, pairs in signals.items()}
+    # a link or pair present in both directions is one cluster for the bootstrap
+    clusters = {s: ["|".join(sorted(p)) for p in pairs] for s, pairs in signals.items()}
     cooc_buckets = [es.bucket(q) for q, _ in es.cooccurrence]
     new_sel = np.array([q in es.new_queries for q, _ in es.cooccurrence])
     sys_out = []
@@ -315,7 +317,8 @@ def assemble_results(args, names, per_system, es, row, prepared, stages, notes_a
             h = scoring.hits_at_k(ranks[s], n_pool, HEADLINE_K)
             hits.setdefault(s, {})[name] = h
             if len(h):
-                entry.setdefault("recall_ci", {})[s] = {str(HEADLINE_K): list(scoring.bootstrap_interval(h, seed=args.seed))}
+                entry.setdefault("recall_ci", {})[s] = {str(HEADLINE_K): list(scoring.bootstrap_interval(
+                    h, seed=args.seed, clusters=clusters[s]))}
         entry["by_exposure"] = scoring.evaluate_buckets(ranks["cooccurrence"], cooc_buckets, n_pool, KS)
         entry["new_notes"] = ({"recall": scoring.evaluate_signal(ranks["cooccurrence"][new_sel], n_pool, KS)["recall"],
                                "pairs": int(new_sel.sum())} if new_sel.any() else None)
@@ -327,8 +330,7 @@ def assemble_results(args, names, per_system, es, row, prepared, stages, notes_a
             entry["generation"] = None
         if result.get("train_command"):
             # as a reader reruns it: no interpreter or checkout prefix of this machine
-            entry["train_command"] = (result["train_command"].replace(sys.executable, "python")
-                                      .replace(str(protocol.REPO) + os.sep, ""))
+            entry["train_command"] = protocol.display_command(result["train_command"])
         sys_out.append(entry)
 
     cats = [n["category"] for n in pool_notes]
@@ -348,7 +350,8 @@ def assemble_results(args, names, per_system, es, row, prepared, stages, notes_a
         cats, [qr[i] for i in sel], [tr[i] for i in sel], KS).items()}, "pairs": int(len(sel))} if len(sel) else None
 
     # every pair of systems on the same test pairs, later (in SYSTEMS order) vs earlier
-    paired = {s: [{"a": a, "b": b, "k": HEADLINE_K, **scoring.paired_comparison(by[a], by[b], seed=args.seed)}
+    paired = {s: [{"a": a, "b": b, "k": HEADLINE_K,
+                   **scoring.paired_comparison(by[a], by[b], seed=args.seed, clusters=clusters[s])}
                   for j, a in enumerate(names) for b in names[:j] if len(by[a])]
               for s, by in hits.items()}
 
@@ -364,7 +367,8 @@ def assemble_results(args, names, per_system, es, row, prepared, stages, notes_a
                                                          ("pool_size", args.pool_size), ("gen_notes", args.gen_notes),
                                                          ("seed", args.seed))),
         "wall_s": round(wall_s, 1),
-        "compute_s": round(_compute_seconds(stages, per_system), 1),
+        "compute_s": round(_compute_seconds(stages, per_system)[0], 1),
+        "compute_s_complete": _compute_seconds(stages, per_system)[1],
         "config": {"training_steps": args.steps, "batch_pairs": args.batch_pairs,
                    "training_pairs_seen": args.steps * args.batch_pairs, "notellm_lr": args.lr,
                    "notellm_warmup_steps": args.warmup, "minilm_lr": 2e-5, "backbone": "SmolLM2-135M-Instruct (fp32)",
@@ -383,24 +387,29 @@ def assemble_results(args, names, per_system, es, row, prepared, stages, notes_a
         "random_within_category": floor,
         "paired": paired,
         "uncertainty": {"k": HEADLINE_K, "level": 0.95, "bootstrap_resamples": 2000,
-                        "interval": "percentile bootstrap over test pairs",
-                        "paired_test": "exact two-sided McNemar on the discordant pairs"},
+                        "interval": "percentile bootstrap over test pairs, a pair and its reverse resampled together",
+                        "paired_test": "exact two-sided McNemar on the discordant pairs (uncorrected)",
+                        "pairs_in_both_directions": {s: len(c) - len(set(c)) for s, c in clusters.items()}},
         "paper_table2": PAPER_TABLE2,
         "cases": cases,
         **({"discussion_md": args.discussion.read_text()} if args.discussion else {}),
     }
 
 
-def _compute_seconds(stages: dict, per_system: dict) -> float:
+def _compute_seconds(stages: dict, per_system: dict) -> tuple[float, bool]:
     """What the whole comparison costs from scratch: every data stage and every
     system's training, embedding and generation as first computed (cached
-    stages keep the wall time of the run that computed them)."""
+    stages keep the wall time of the run that computed them). Returns the sum
+    and whether every part had a recorded time (else the sum is a lower bound)."""
+    complete = all(e.get("wall_s") is not None for e in stages.values())
     total = sum(e.get("wall_s") or 0.0 for e in stages.values())
-    for _, result in per_system.values():
+    for name, (_, result) in per_system.items():
         cost = result.get("cost") or {}
+        complete &= cost.get("embed_wall_s") is not None
+        complete &= name not in NOTELLM_VARIANTS and name != "minilm_ft" or cost.get("train_wall_s") is not None
         total += (cost.get("train_wall_s") or 0.0) + (cost.get("embed_wall_s") or 0.0)
         total += (result.get("generation") or {}).get("wall_s") or 0.0
-    return total
+    return total, complete
 
 
 def _note_view(note: dict) -> dict:

@@ -68,12 +68,29 @@ def _display_arg(arg) -> str:
     return text
 
 
-def run_stage(name: str, cmd: list[str], done: Path, log: dict, times: dict | None = None) -> None:
+def display_command(command: str) -> str:
+    """A recorded command line as a reader reruns it: each argument through
+    :func:`_display_arg` (``--set key=/abs/path`` values included)."""
+    out = []
+    for arg in command.split(" "):
+        key, eq, value = arg.partition("=")
+        if eq and value.startswith(os.sep):
+            out.append(key + "=" + _display_arg(Path(value)))
+        elif arg.startswith(os.sep):
+            out.append(_display_arg(Path(arg)) if arg != sys.executable else "python")
+        else:
+            out.append(arg)
+    return " ".join(out)
+
+
+def run_stage(name: str, cmd: list[str], done: Path, log: dict, times: dict | None = None,
+              times_file: Path | None = None) -> None:
     """Run one CLI stage unless ``done`` exists; record the command and its wall time.
 
     ``times`` (name -> wall s, persisted by the caller) keeps the wall time of
     the run that computed a stage, so a report rendered from cached stages
-    still states what each one cost."""
+    still states what each one cost; ``times_file`` is rewritten after each
+    computed stage."""
     entry: dict = {"command": " ".join(_display_arg(c) for c in cmd)}
     if done.exists():
         entry["reused"] = True
@@ -86,6 +103,8 @@ def run_stage(name: str, cmd: list[str], done: Path, log: dict, times: dict | No
         entry["wall_s"] = round(time.perf_counter() - t, 1)
         if times is not None:
             times[name] = entry["wall_s"]
+            if times_file is not None:       # after every stage: a later failure keeps the earlier times
+                times_file.write_text(json.dumps(times, indent=1, sort_keys=True))
     log[name] = entry
 
 
@@ -113,18 +132,18 @@ def prepare_data(work: Path, data: Path = DEFAULT_DATA, stages: dict | None = No
     times_file = work / "stage_times.json"
     times = json.loads(times_file.read_text()) if times_file.exists() else {}
     run_stage("adapter", [py, "-m", "jobs.sources.stackexchange", "--data", data, "--sites", "all", "--out", se],
-              se / "_SUCCESS", stages, times)
+              se / "_SUCCESS", stages, times, times_file)
     for name, day, days in (("mine_train", TRAIN_RUN_DATE, TRAIN_WINDOW_DAYS),
                             ("mine_test", TEST_RUN_DATE, TEST_WINDOW_DAYS)):
         # --max-gap-hours 0: engagement on Q&A sites is sparse, any co-engagement in the window counts.
         run_stage(name, [py, "-m", "jobs.cooccurrence", "--events", se / "events", "--notes", notes,
                          "--out", work / "pairs", "--quarantine-out", work / "quarantine", "--run-date", day,
                          "--window-days", days, "--engagement", "--allow-missing-days", "--max-gap-hours", "0"],
-                  work / "pairs" / f"dt={day}" / "_SUCCESS", stages, times)
+                  work / "pairs" / f"dt={day}" / "_SUCCESS", stages, times, times_file)
     run_stage("split", [py, "-m", "jobs.split", "--pairs", work / "pairs", "--train-date", TRAIN_RUN_DATE,
                         "--test-date", TEST_RUN_DATE, "--notes", notes, "--events", se / "events",
-                        "--out", work / "split", "--allow-missing-days"], work / "split" / "_SUCCESS", stages, times)
-    times_file.write_text(json.dumps(times, indent=1, sort_keys=True))
+                        "--out", work / "split", "--allow-missing-days"], work / "split" / "_SUCCESS", stages, times,
+              times_file)
     stats = {
         "adapter": {k: v for k, v in json.loads((se / "_stats.json").read_text()).items() if k != "sites"},
         "mine_train": json.loads((work / "pairs" / f"dt={TRAIN_RUN_DATE}" / "_stats.json").read_text()),

@@ -366,13 +366,21 @@ def significance_section(results: Mapping) -> list[str]:
     if not results.get("paired"):
         return []
     unc = results.get("uncertainty") or {}
+    names = {s["name"] for s in results["systems"] if "name" in s}
+    labels = {s["name"]: label_of(s) for s in results["systems"] if "name" in s}
+    both = {k: v for k, v in (unc.get("pairs_in_both_directions") or {}).items() if v}
     lines = ["## Are the differences real?", "",
              f"Differences of Recall@{HEADLINE_K} on the same test pairs (A - B, points), with a "
              f"{100 * unc.get('level', 0.95):.0f}% paired bootstrap interval ({unc.get('bootstrap_resamples', '?')} "
-             "resamples of the pairs) and the exact two-sided McNemar p-value on the pairs only one system hits. "
-             "An interval that contains 0 means this test set cannot tell the two apart.", ""]
-    names = {s["name"] for s in results["systems"] if "name" in s}
-    labels = {s["name"]: label_of(s) for s in results["systems"] if "name" in s}
+             "resamples; a pair and its reverse are resampled together) and the exact two-sided McNemar p-value "
+             "on the pairs only one system hits. Read a difference as real when p < 0.05 *and* the interval "
+             "excludes 0: with few discordant pairs the bootstrap interval can exclude 0 while p does not. The "
+             "p-values are not corrected for the number of contrasts: at 0.05, about one in twenty true "
+             "null contrasts passes by chance."
+             + ("" if not both else " Pairs present in both directions (resampled together, but counted twice "
+                "by McNemar, which makes its p slightly optimistic): "
+                + ", ".join(f"{signal_label(results, k)}: {v}" for k, v in both.items()) + "."), ""]
+    body = []
     for sig in signals_of(results):
         rows = []
         for a, b, why in SIGNIFICANCE_CONTRASTS:
@@ -384,11 +392,11 @@ def significance_section(results: Mapping) -> list[str]:
                          f"{100 * c['diff']:+.1f}", f"{100 * lo:+.1f} to {100 * hi:+.1f}",
                          f"{c['a_only']} / {c['b_only']}", f"{c['p_mcnemar']:.2g}"])
         if rows:
-            lines += [f"### {signal_label(results, sig)}", ""]
-            lines += _table(["A", "B", "Contrast", "A - B", "95% CI", "only A / only B hit", "McNemar p"], rows,
-                            ["---", "---", "---", "---:", "---:", "---:", "---:"])
-            lines.append("")
-    return lines
+            body += [f"### {signal_label(results, sig)}", ""]
+            body += _table(["A", "B", "Contrast", "A - B", "95% CI", "only A / only B hit", "McNemar p"], rows,
+                           ["---", "---", "---", "---:", "---:", "---:", "---:"])
+            body.append("")
+    return lines + body if body else []
 
 
 def exposure_table(results: Mapping, plots: Mapping[str, str]) -> list[str]:
@@ -628,8 +636,9 @@ def report_markdown(results: Mapping, plots: Mapping[str, str] | None = None) ->
     if results.get("machine"):
         lines.append(f"- Machine: {escape_cell(results['machine'], None)}")
     if results.get("compute_s") is not None:
+        bound = "" if results.get("compute_s_complete", True) else "at least "
         lines.append(f"- Compute time of the whole comparison from scratch (every stage as first computed): "
-                     f"{duration(results['compute_s'])}"
+                     f"{bound}{duration(results['compute_s'])}"
                      + (f"; this invocation, reusing cached stages: {duration(results['wall_s'])}"
                         if results.get("wall_s") is not None else ""))
     elif results.get("wall_s") is not None:

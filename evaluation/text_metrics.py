@@ -207,13 +207,27 @@ def hashtag_metrics(generated: Sequence[Sequence[str]], true: Sequence[Sequence[
     return {"bleu4": bleu4(generated, true) if generated else None, **rouge}
 
 
+_QUOTES_START = re.compile(r"^[\s\"'`]+")
+_LABEL_END = re.compile(r"[\s\"'`.!?,;:]+$")       # quotes and sentence punctuation, in any order
+_TAG_END = re.compile(r"[\s\"'`.]+$")              # quotes and full stops; '.net' keeps its leading dot
+
+
+def normalise_tag(text: str) -> str:
+    """One hashtag as a comparison key: surrounding whitespace and quotes, a
+    *leading* ``#`` and *trailing* full stops removed (``node.js``, ``c#``,
+    ``.net`` stay), inner whitespace collapsed, lower-cased. Applied to
+    generated and true hashtags alike."""
+    tag = _TAG_END.sub("", _QUOTES_START.sub("", text)).lstrip("#")
+    return " ".join(tag.split()).lower()
+
+
 def normalise_label(text: str) -> str:
     """Category comparison key: surrounding whitespace and quotes and trailing
     sentence punctuation removed, case folded (``' "Coffee." '`` -> ``coffee``).
 
     A free-running model ends its answer like a sentence; that full stop is not
     part of the label. Inner punctuation stays (``3dprinting.meta``)."""
-    return text.strip().strip("\"'`").rstrip(".!?,;:").strip().casefold()
+    return _LABEL_END.sub("", _QUOTES_START.sub("", text)).casefold()
 
 
 def category_metrics(predicted: Sequence[str], true: Sequence[str], known: Iterable[str]) -> dict:
@@ -270,8 +284,7 @@ def parse_hashtags(text: str) -> list[str]:
         pieces = text.split()
     tags: list[str] = []
     for piece in pieces:
-        piece = _ENUMERATION.sub("", piece.strip().strip("\"'`"))
-        tag = " ".join(piece.lstrip("#").rstrip(".").split()).lower()
+        tag = normalise_tag(_ENUMERATION.sub("", _QUOTES_START.sub("", piece)))
         if tag and tag not in tags:
             tags.append(tag)
     return tags

@@ -210,23 +210,47 @@ def test_mcnemar_exact_p_hand_computed():
     # n = 10, m = 0: 2 / 1024
     assert scoring.mcnemar_exact_p(0, 10) == pytest.approx(2 / 1024)
     assert scoring.mcnemar_exact_p(3, 3) == 1.0 and scoring.mcnemar_exact_p(0, 0) == 1.0
+    assert scoring.mcnemar_exact_p(4000, 4050) == pytest.approx(binomtest_p(4000, 8050), rel=1e-9)
     with pytest.raises(ValueError):
         scoring.mcnemar_exact_p(-1, 2)
-    from scipy.stats import binomtest
     for a, b in [(2, 9), (7, 4), (13, 30)]:
-        assert scoring.mcnemar_exact_p(a, b) == pytest.approx(binomtest(a, a + b, 0.5).pvalue)
+        assert scoring.mcnemar_exact_p(a, b) == pytest.approx(binomtest_p(a, a + b))
 
 
-def test_bootstrap_interval_matches_a_plain_loop_and_covers_the_mean():
-    hits = np.array([1, 0, 0, 1, 1, 0, 1, 0, 0, 0] * 3, dtype=bool)
-    lo, hi = scoring.bootstrap_interval(hits, n_resamples=500, seed=3)
-    idx = np.random.default_rng(3).integers(0, len(hits), size=(500, len(hits)))
-    means = sorted(float(np.mean([hits[i] for i in row])) for row in idx)
-    assert (lo, hi) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])))
-    assert lo < hits.mean() < hi
-    assert scoring.bootstrap_interval(np.ones(20, bool)) == (1.0, 1.0)
+def binomtest_p(k: int, n: int) -> float:
+    """Reference: two-sided exact binomial test at 1/2 with exact integers."""
+    from math import comb
+    m = min(k, n - k)
+    return min(1.0, 2 * sum(comb(n, i) for i in range(m + 1)) / 2 ** n)
+
+
+def test_bootstrap_interval_agrees_with_the_normal_approximation():
+    # n = 2000 pairs, recall 0.3: the 95% interval is p +- 1.96 sqrt(p (1 - p) / n) = 0.3 +- 0.0201
+    hits = np.zeros(2000, bool)
+    hits[:600] = True
+    lo, hi = scoring.bootstrap_interval(hits, n_resamples=2000, seed=1)
+    half = 1.96 * np.sqrt(0.3 * 0.7 / 2000)
+    assert lo == pytest.approx(0.3 - half, abs=0.004) and hi == pytest.approx(0.3 + half, abs=0.004)
+    assert scoring.bootstrap_interval(np.ones(20, bool)) == (1.0, 1.0)     # the percentile bootstrap's limit
     with pytest.raises(ValueError):
         scoring.bootstrap_interval([])
+
+
+def test_cluster_bootstrap_counts_a_duplicated_pair_once():
+    rng = np.random.default_rng(5)
+    hits = rng.random(300) < 0.4
+    single = scoring.bootstrap_interval(hits, n_resamples=800, seed=2)
+    # every pair stored twice (a link in both directions): as clusters, the same draws over the same 300 clusters
+    doubled = np.repeat(hits, 2)
+    labels = np.repeat(np.arange(300), 2)
+    assert scoring.bootstrap_interval(doubled, n_resamples=800, seed=2, clusters=labels) == pytest.approx(single)
+    assert scoring.bootstrap_interval(hits, n_resamples=800, seed=2, clusters=list(range(300))) == single
+    naive = scoring.bootstrap_interval(doubled, n_resamples=800, seed=2)   # pretends to have 600 independent pairs
+    assert naive[1] - naive[0] < 0.8 * (single[1] - single[0])
+    d = scoring.paired_comparison(doubled, np.repeat(~hits, 2), n_resamples=800, clusters=labels)
+    assert d["pairs"] == 600 and d["a_only"] + d["b_only"] == 600
+    with pytest.raises(ValueError, match="cluster labels"):
+        scoring.bootstrap_interval(hits, clusters=labels)
 
 
 def test_paired_comparison_counts_discordant_pairs():
@@ -261,3 +285,41 @@ def test_run_stage_keeps_the_wall_time_of_the_computing_run(tmp_path):
     third = {}
     protocol.run_stage("stage", cmd, done, third, None)
     assert "wall_s" not in third["stage"] and third["stage"]["reused"]
+
+
+
+def test_stage_times_are_persisted_after_each_stage(tmp_path):
+    import sys as _sys
+    times_file = tmp_path / "stage_times.json"
+    times, log = {}, {}
+    ok = tmp_path / "a" / "_SUCCESS"
+    ok.parent.mkdir()
+    protocol.run_stage("a", [_sys.executable, "-c", f"import time; time.sleep(0.2); open({str(ok)!r}, 'w').close()"],
+                       ok, log, times, times_file)
+    with pytest.raises(Exception):                   # the next stage fails: the first one's time is kept on disk
+        protocol.run_stage("b", [_sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "b" / "_SUCCESS", log,
+                           times, times_file)
+    assert json.loads(times_file.read_text()) == {"a": log["a"]["wall_s"]}
+
+
+def test_commands_are_recorded_without_machine_paths():
+    import sys as _sys
+    repo = protocol.REPO
+    cmd = f"{_sys.executable} -m training.train --set pairs={repo}/var/quality/split/train_pairs --set lr=0.0001 " \
+          f"--out {repo}/var/x --data {repo.parent}/shared/data/stackexchange"
+    assert protocol.display_command(cmd) == ("python -m training.train --set pairs=var/quality/split/train_pairs "
+                                             "--set lr=0.0001 --out var/x --data ../shared/data/stackexchange")
+
+
+def test_generation_metrics_reparse_cached_rows_and_normalise_both_sides():
+    from evaluation.compare import generation_metrics
+    notes = [{"note_id": "a", "category": "coffee", "hashtags": ["espresso.", "Milk"]},
+             {"note_id": "b", "category": "beer", "hashtags": ["ipa"]}]
+    rows = [{"category_free": "Coffee.", "category_constrained": "coffee", "hashtags": ["1.", "espresso", "milk."]},
+            {"category_free": "ale", "category_constrained": "beer", "hashtags_text": "1. ipa. 2. hops",
+             "hashtags": ["stale parse"]}]
+    m = generation_metrics(rows, notes, ["beer", "coffee"])
+    assert m["category_free"] == {"accuracy": 0.5, "outside_known": 0.5, "n": 2}
+    assert m["category_constrained"]["accuracy"] == 1.0
+    # note a: [espresso, milk] vs [espresso, milk]; note b: [ipa, hops] vs [ipa] -> ROUGE-1 F1 = 1 and 2/3
+    assert m["hashtags"]["rouge1"] == pytest.approx((1 + 2 / 3) / 2)

@@ -320,5 +320,10 @@ def test_intervals_and_paired_tests_are_shown_and_oriented(tmp_path):
     assert _table_rows(sig)["NoteLLM"][3:] == ["+5.4", "-2.0 to +13.0", "30 / 8", "0.00042"]
 
 
-def test_report_without_paired_block_has_no_significance_section(rendered):
+def test_significance_section_only_with_a_contrast_to_show(rendered, tmp_path):
     assert "## Are the differences real?" not in rendered[3]
+    results = make_results()
+    # only a contrast the section does not list (BM25 vs MiniLM): no empty heading
+    results["paired"] = {"cooccurrence": [{"a": "minilm", "b": "bm25", "k": 100, "diff": -0.03, "ci": [-0.1, 0.04],
+                                           "a_only": 3, "b_only": 5, "p_mcnemar": 0.73, "pairs": 400}]}
+    assert "## Are the differences real?" not in render_report(results, tmp_path).read_text(encoding="utf-8")

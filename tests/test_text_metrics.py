@@ -273,3 +273,13 @@ def test_parse_hashtags_drops_list_numbering_and_sentence_ends():
     assert parse_hashtags("1. blockchain. 2. bitcoin. 3.") == ["blockchain", "bitcoin"]
     assert parse_hashtags("1) node.js, 2) c#") == ["node.js", "c#"]
     assert parse_hashtags("42") == ["42"]          # a bare number without a list marker is a tag
+
+
+
+def test_normalisation_strips_quotes_and_punctuation_in_any_order():
+    from evaluation.text_metrics import normalise_label, normalise_tag
+    assert normalise_label('"Coffee".') == normalise_label('"Coffee"!') == "coffee"
+    assert parse_hashtags('"blockchain", "bitcoin".') == ["blockchain", "bitcoin"]
+    assert parse_hashtags("1. c++\n2. .net") == ["c++", ".net"]
+    assert parse_hashtags("asp.net., web 2.0") == ["asp.net", "web 2.0"]
+    assert normalise_tag(" '#Node.js.' ") == "node.js"
