@@ -129,6 +129,41 @@ def duckdb_child(args) -> None:
     print(json.dumps({"total_s": total, "prep_s": t_prep, "candidate_pairs": candidates}))
 
 
+def straightforward_child(args) -> None:
+    """Runs in its own process: DuckDB with the straightforward SQL
+    (bench/straightforward_cooccurrence.sql: string ids, a generic per-user
+    self-join), the baseline the issue's target was stated against."""
+    import duckdb
+
+    cfg = Config(events=Path(args.events_root), notes=Path(args.notes), out=Path(args.out_dir),
+                 quarantine_out=Path(args.out_dir), run_date=dt.date.fromisoformat(args.run_date),
+                 max_events_per_user=args.max_events_per_user, max_gap_hours=args.max_gap_hours)
+    t0 = time.perf_counter()
+    con = duckdb.connect()
+    con.execute(f"SET threads={args.threads}")
+    con.execute("SET TimeZone='UTC'")
+    con.execute(f"SET temp_directory='{args.out_dir}/duckdb.tmp'")
+    if args.duckdb_memory_limit:
+        con.execute(f"SET memory_limit='{args.duckdb_memory_limit}'")
+    files = [str(p) for d in cfg.window_days_list for p in parquet_files(contracts.partition_dir(cfg.events, d))]
+    used = sorted(set(cfg.view_types) | set(cfg.click_types))
+    start = f"{cfg.window_start.isoformat()} 00:00:00+00"
+    end = f"{(cfg.run_date + dt.timedelta(days=1)).isoformat()} 00:00:00+00"
+    con.execute(f"""CREATE TEMP VIEW window_events AS
+        SELECT e.user_id, e.note_id, epoch_us(e.event_time) AS event_us, e.event_type
+        FROM read_parquet({files!r}) e SEMI JOIN read_parquet('{cfg.notes}') n ON n.note_id = e.note_id
+        WHERE e.user_id IS NOT NULL AND trim(e.user_id) <> '' AND e.event_time >= TIMESTAMPTZ '{start}'
+          AND e.event_time < TIMESTAMPTZ '{end}' AND e.event_type IN ({sql_template.literal('t', used)})""")
+    text = (Path(__file__).resolve().parent / "straightforward_cooccurrence.sql").read_text()
+    for statement in sql_template.render(text, cfg.score_params()):
+        con.execute(statement)
+    out = Path(args.out_dir) / "straightforward_pairs.parquet"
+    con.execute(f"""COPY (SELECT src_note_id, dst_note_id, CAST(score_units AS DOUBLE) / {SCORE_SCALE} AS score,
+                          n_users, CAST(pair_rank AS INTEGER) AS rank FROM straightforward_related)
+                   TO '{out}' (FORMAT parquet)""")
+    print(json.dumps({"total_s": time.perf_counter() - t0}))
+
+
 RELATED_CHECK = "SELECT COUNT(*) AS n, SUM(pair_rank) AS s, SUM(score_units % 1000003) AS h FROM cooc_related"
 
 
@@ -229,6 +264,16 @@ def bench(args, n: int) -> dict:
         result["duckdb"] = {"wall_s": round(wall, 1), "sql_s": round(inner["total_s"], 1),
                             "peak_rss_gb": round(rss / 2**30, 2), "events_per_s": round(events_in / wall),
                             "candidate_pairs": inner["candidate_pairs"]}
+    if args.straightforward:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--straightforward-child", "--events-root",
+               str(data / "events"), "--notes", str(data / "notes" / "notes.parquet"), "--out-dir", str(out),
+               "--run-date", END_DATE.isoformat(), "--threads", str(args.threads), *common]
+        if args.duckdb_memory_limit:
+            cmd += ["--duckdb-memory-limit", args.duckdb_memory_limit]
+        out.mkdir(parents=True, exist_ok=True)
+        wall, rss, _ = run_child(cmd)
+        result["duckdb_straightforward"] = {"wall_s": round(wall, 1), "peak_rss_gb": round(rss / 2**30, 2),
+                                            "events_per_s": round(events_in / wall)}
     if args.sql_only and (out / "scoring_events.parquet").exists():
         sql_only = {}
         for engine in ("duckdb", "spark"):
@@ -250,6 +295,13 @@ def bench(args, n: int) -> dict:
         result["identical_output"] = same
         if not same:
             result["rows"] = [n_spark, n_duck]
+    if "spark" in result and "duckdb_straightforward" in result:
+        result["spark_over_duckdb_straightforward"] = round(
+            result["spark"]["wall_s"] / result["duckdb_straightforward"]["wall_s"], 2)
+        same, n_spark, n_ref = same_pairs(out / "pairs" / f"dt={END_DATE}", out / "straightforward_pairs.parquet")
+        result["identical_output_straightforward"] = same
+        if not same:
+            result["rows_straightforward"] = [n_spark, n_ref]
     return result
 
 
@@ -270,9 +322,14 @@ def main() -> None:
                    help="also time the scoring SQL alone on a warm session/connection of each engine")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                    help="extra Spark setting for both Spark runs (repeatable), passed as the job's --conf")
+    p.add_argument("--straightforward", action=argparse.BooleanOptionalAction, default=False,
+                   help="also run bench/straightforward_cooccurrence.sql (string ids, generic self-join) in "
+                        "DuckDB: the baseline the issue's target was set against (10M: minutes, ~20 GB)")
+    p.add_argument("--duckdb-memory-limit", default="", help="DuckDB memory_limit for the straightforward run")
     p.add_argument("--reps", type=int, default=3, help="scoring-SQL-only repetitions (the first one is cold)")
     # internal: the DuckDB side in its own process (clean peak-memory figure)
     p.add_argument("--duckdb-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--straightforward-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--sql-only-child", choices=("spark", "duckdb"), help=argparse.SUPPRESS)
     p.add_argument("--events-root", help=argparse.SUPPRESS)
     p.add_argument("--notes", help=argparse.SUPPRESS)
@@ -281,6 +338,9 @@ def main() -> None:
     args = p.parse_args()
     if args.duckdb_child:
         duckdb_child(args)
+        return
+    if args.straightforward_child:
+        straightforward_child(args)
         return
     if args.sql_only_child:
         sql_only_child(args)
