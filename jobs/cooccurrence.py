@@ -80,6 +80,9 @@ DEFAULT_CLICK_TYPES = ("click",)
 ENGAGEMENT_TYPES = ("ask", "answer", "comment", "favourite", "rate")
 MATERIALISED_VIEWS = ("cooc_capped_events", "cooc_pair_candidates")
 QUARANTINE_REASONS = ("null_user", "null_note", "bad_timestamp", "unknown_event_type", "unknown_note")
+EVENT_STATUSES = ("quarantined", "outside_window", "ignored_type", "in_scope")
+# The only statuses a later step reads (user keys, scoring events, quarantine output).
+KEPT_STATUSES = ("in_scope", "quarantined")
 
 
 class InputError(Exception):
@@ -277,6 +280,33 @@ def checkpoint_view(spark, view: str):
     return df
 
 
+def checkpoint_event_statuses(spark) -> tuple:
+    """Scan and classify the raw events once, keep only the rows a later step
+    reads (``KEPT_STATUSES``) and count every status and quarantine reason in
+    the same pass; return ``(checkpointed frame, counts by status, counts by
+    reason)``.
+
+    The counts are observed metrics of the checkpointing job itself (Spark's
+    ``Observation``: an aggregate evaluated while the rows stream through,
+    before the filter), so the rows outside the window or of ignored types
+    (impressions: two thirds of the sample log) are counted but never stored,
+    and no second job reads the stored rows back to count them."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    observation = Observation("event_status_counts")
+    metrics = ([F.count(F.when(F.col("status") == s, 1)).alias(f"status_{s}") for s in EVENT_STATUSES]
+               + [F.count(F.when(F.col("quarantine_reason") == r, 1)).alias(f"reason_{r}")
+                  for r in QUARANTINE_REASONS])
+    kept = (spark.table("events_status").observe(observation, *metrics)
+            .where(F.col("status").isin(*KEPT_STATUSES)).localCheckpoint(eager=True))
+    kept.createOrReplaceTempView("events_status")
+    values = observation.get
+    counts = {s: int(values[f"status_{s}"]) for s in EVENT_STATUSES}
+    by_reason = {r: int(values[f"reason_{r}"]) for r in QUARANTINE_REASONS}
+    return kept, counts, by_reason
+
+
 def broadcast_if_small(spark, view: str, rows: int, bytes_per_row: int = 64) -> bool:
     """Mark a checkpointed key table for broadcast when ``rows`` of it fit
     under ``spark.sql.autoBroadcastJoinThreshold``.
@@ -373,8 +403,9 @@ def run(spark, cfg: Config) -> dict:
 
     1. note keys: cached, counted (tiny; the count gives the cache its real
        size, so the joins on it broadcast when it is small);
-    2. classified events: one scan of the raw files, cached narrow; one
-       aggregate gives every status/quarantine-reason count;
+    2. classified events: one scan of the raw files; the rows later steps
+       read (in scope, quarantined) are cached narrow, and every
+       status/quarantine-reason count is observed during that same job;
     3. user keys: cached, counted (= users: the cap keeps >= 1 event per user);
     4. capped events: cached; one aggregate gives used events and notes;
     5. candidate pairs: cached; one aggregate per source note gives the
@@ -398,16 +429,8 @@ def run(spark, cfg: Config) -> dict:
         "window_start_ts": f"{cfg.window_start.isoformat()} 00:00:00+00:00",
         "window_end_ts": f"{window_end_excl.isoformat()} 00:00:00+00:00",
     })
-    checkpointed = [checkpoint_view(spark, "events_status")]   # the one scan of the raw files
-    # All status counts in one aggregate over the stored rows (tiny result).
-    status_rows = spark.sql("SELECT status, quarantine_reason, COUNT(*) AS n FROM events_status "
-                            "GROUP BY status, quarantine_reason").collect()
-    counts = {"quarantined": 0, "outside_window": 0, "ignored_type": 0, "in_scope": 0}
-    by_reason = {r: 0 for r in QUARANTINE_REASONS}
-    for row in status_rows:
-        counts[row["status"]] += row["n"]
-        if row["status"] == "quarantined":
-            by_reason[row["quarantine_reason"]] += row["n"]
+    kept, counts, by_reason = checkpoint_event_statuses(spark)   # the one scan of the raw files
+    checkpointed = [kept]
     checkpointed.append(checkpoint_view(spark, "user_keys"))
     n_users = spark.table("user_keys").count() if counts["in_scope"] else 0
     broadcast_if_small(spark, "user_keys", n_users)

@@ -29,9 +29,10 @@ FROM events_input e
 LEFT JOIN note_keys k ON k.note_id = e.note_id;
 
 -- One row per input row, narrowed to what the later steps read. The job
--- persists this view, so the raw files are scanned once: the status counts,
--- the quarantine output, the user keys and the scoring events all read the
--- cached rows. The raw text of a row (source file, JSON of its fields) is
+-- computes this view once (the one scan of the raw files): it counts every
+-- status and reason while the rows stream through, and stores only the
+-- in-scope and quarantined rows, which the quarantine output, the user keys
+-- and the scoring events then read. The raw text of a row (source file, JSON of its fields) is
 -- only kept for quarantined rows; every other row carries NULLs there, which
 -- cost next to nothing in the columnar cache.
 CREATE OR REPLACE TEMPORARY VIEW events_status AS
