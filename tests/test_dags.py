@@ -36,7 +36,8 @@ PARSE_SCRIPT = textwrap.dedent("""
         dags[dag_id] = {
             "tags": sorted(dag.tags), "catchup": dag.catchup, "doc_md": bool(dag.doc_md),
             "fileloc": dag.fileloc,
-            "tasks": {t.task_id: {"retries": t.retries, "retry_delay": t.retry_delay.total_seconds()}
+            "tasks": {t.task_id: {"retries": t.retries, "retry_delay": t.retry_delay.total_seconds(),
+                                  "conf": getattr(t, "conf", None)}
                       for t in dag.tasks},
         }
     heavy = [m for m in ("torch", "pyspark", "faiss", "deepspeed", "transformers", "pandas") if m in sys.modules]
@@ -51,6 +52,7 @@ def parsed(tmp_path_factory):
     env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS)}
     env.pop("AIRFLOW_CONN_SPARK_DEFAULT", None)
+    env["NOTELLM_SPARK_CDS_ARCHIVE"] = "/opt/notellm/driver.jsa"   # need not exist: the JVM ignores a missing one
     out = subprocess.run([sys.executable, "-c", PARSE_SCRIPT, str(DAGS)], env=env, capture_output=True,
                          text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -99,3 +101,9 @@ def test_gate_exit_code_matches_the_stages_contract():
     from notellm.contracts import EXIT_GATE_FAILED
 
     assert notellm_common.GATE_FAILED_EXIT == EXIT_GATE_FAILED
+
+
+def test_spark_submit_passes_the_driver_cds_archive(parsed):
+    conf = parsed["dags"]["notellm_pair_mining"]["tasks"]["mine_pairs"]["conf"]
+    assert conf["spark.driver.extraJavaOptions"] == "-XX:SharedArchiveFile=/opt/notellm/driver.jsa -Xshare:auto"
+    assert conf["spark.ui.enabled"] == "false"
