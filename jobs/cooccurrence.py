@@ -394,7 +394,7 @@ def write_partition(df, root: Path, run_date: dt.date, contract, stats: dict, ro
     return part
 
 
-def run(spark, cfg: Config) -> dict:
+def run(spark, cfg: Config, files: EventFiles | None = None) -> dict:
     """Mine one run date; return the stats written to ``_stats.json``.
 
     Spark work, in jobs (each action pays scheduling and code generation, so
@@ -417,11 +417,13 @@ def run(spark, cfg: Config) -> dict:
     cfg.validate()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    files = discover_event_files(cfg.events, cfg.window_days_list, cfg.allow_missing_days)
+    if files is None:  # main() passes what it found before starting the JVM (one footer pass, not two)
+        files = discover_event_files(cfg.events, cfg.window_days_list, cfg.allow_missing_days)
     notes = notes_files(cfg.notes)
     register_inputs(spark, files, notes)
     persisted = [persist_view(spark, "note_keys")]
     spark.table("note_keys").count()
+    timings["inputs_s"] = time.perf_counter() - t0   # part of classify_s: file index, note keys
     window_end_excl = cfg.run_date + dt.timedelta(days=1)
     run_sql_file(spark, "events_classify.sql", {
         "known_types": list(EVENT_TYPES),
@@ -429,7 +431,9 @@ def run(spark, cfg: Config) -> dict:
         "window_start_ts": f"{cfg.window_start.isoformat()} 00:00:00+00:00",
         "window_end_ts": f"{window_end_excl.isoformat()} 00:00:00+00:00",
     })
+    t = time.perf_counter()
     kept, counts, by_reason = checkpoint_event_statuses(spark)   # the one scan of the raw files
+    timings["scan_s"] = time.perf_counter() - t   # part of classify_s
     checkpointed = [kept]
     checkpointed.append(checkpoint_view(spark, "user_keys"))
     n_users = spark.table("user_keys").count() if counts["in_scope"] else 0
@@ -598,7 +602,7 @@ def main(argv=None) -> int:
     try:
         cfg.validate()
         # Check the inputs before paying for a JVM.
-        discover_event_files(cfg.events, cfg.window_days_list, cfg.allow_missing_days)
+        files = discover_event_files(cfg.events, cfg.window_days_list, cfg.allow_missing_days)
         notes_files(cfg.notes)
     except InputError as exc:
         print(f"cooccurrence: error: {exc}", file=sys.stderr)
@@ -608,7 +612,7 @@ def main(argv=None) -> int:
     spark = build_spark("notellm-cooccurrence", args.master, args.shuffle_partitions, args.driver_memory,
                         dict(args.conf))
     try:
-        stats = run(spark, cfg)
+        stats = run(spark, cfg, files)
     except InputError as exc:
         print(f"cooccurrence: error: {exc}", file=sys.stderr)
         return 2

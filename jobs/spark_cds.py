@@ -14,8 +14,9 @@ when ``NOTELLM_SPARK_CDS_ARCHIVE`` names it (see ``jobs.spark_session``).
     export NOTELLM_SPARK_CDS_ARCHIVE=$PWD/var/spark-cds/driver.jsa
 
 The archive is tied to the JDK build and to the class path of the pyspark
-installation that recorded it. Rebuild it after upgrading either; a stale
-archive is only ignored by the JVM (with a warning), never fatal. Classes from
+installation that recorded it. Rebuild it after upgrading either; a stale or
+damaged archive is only ignored by the JVM (a mismatch with a warning, a damaged
+file silently), never fatal. Classes from
 signed jars (Janino) cannot be archived; the JVM says so while recording.
 """
 
