@@ -82,14 +82,14 @@ def run_child(cmd: list[str]) -> tuple[float, int, str]:
     return wall, peak, stdout
 
 
-def duckdb_child(args) -> None:
-    """Runs in its own process: DuckDB with the same scoring SQL."""
+def _duckdb_window(args):
+    """The DuckDB children's common start: config, connection (threads, UTC,
+    spill folder), the window's event files, used types and [start, end)."""
     import duckdb
 
     cfg = Config(events=Path(args.events_root), notes=Path(args.notes), out=Path(args.out_dir),
                  quarantine_out=Path(args.out_dir), run_date=dt.date.fromisoformat(args.run_date),
                  max_events_per_user=args.max_events_per_user, max_gap_hours=args.max_gap_hours)
-    t0 = time.perf_counter()
     con = duckdb.connect()
     con.execute(f"SET threads={args.threads}")
     con.execute("SET TimeZone='UTC'")
@@ -98,6 +98,13 @@ def duckdb_child(args) -> None:
     used = sorted(set(cfg.view_types) | set(cfg.click_types))
     start = f"{cfg.window_start.isoformat()} 00:00:00+00"
     end = f"{(cfg.run_date + dt.timedelta(days=1)).isoformat()} 00:00:00+00"
+    return cfg, con, files, used, start, end
+
+
+def duckdb_child(args) -> None:
+    """Runs in its own process: DuckDB with the same scoring SQL."""
+    cfg, con, files, used, start, end = _duckdb_window(args)
+    t0 = time.perf_counter()
     # DuckDB twin of sql/events_classify.sql's dense keys (contract input: no malformed rows).
     con.execute(f"CREATE TEMP TABLE note_keys AS SELECT note_id, CAST(ROW_NUMBER() OVER (ORDER BY note_id) AS BIGINT)"
                 f" AS note_key FROM (SELECT DISTINCT note_id FROM read_parquet('{cfg.notes}'))")
@@ -133,22 +140,10 @@ def straightforward_child(args) -> None:
     """Runs in its own process: DuckDB with the straightforward SQL
     (bench/straightforward_cooccurrence.sql: string ids, a generic per-user
     self-join), the baseline the issue's target was stated against."""
-    import duckdb
-
-    cfg = Config(events=Path(args.events_root), notes=Path(args.notes), out=Path(args.out_dir),
-                 quarantine_out=Path(args.out_dir), run_date=dt.date.fromisoformat(args.run_date),
-                 max_events_per_user=args.max_events_per_user, max_gap_hours=args.max_gap_hours)
+    cfg, con, files, used, start, end = _duckdb_window(args)
     t0 = time.perf_counter()
-    con = duckdb.connect()
-    con.execute(f"SET threads={args.threads}")
-    con.execute("SET TimeZone='UTC'")
-    con.execute(f"SET temp_directory='{args.out_dir}/duckdb.tmp'")
     if args.duckdb_memory_limit:
         con.execute(f"SET memory_limit='{args.duckdb_memory_limit}'")
-    files = [str(p) for d in cfg.window_days_list for p in parquet_files(contracts.partition_dir(cfg.events, d))]
-    used = sorted(set(cfg.view_types) | set(cfg.click_types))
-    start = f"{cfg.window_start.isoformat()} 00:00:00+00"
-    end = f"{(cfg.run_date + dt.timedelta(days=1)).isoformat()} 00:00:00+00"
     con.execute(f"""CREATE TEMP VIEW window_events AS
         SELECT e.user_id, e.note_id, epoch_us(e.event_time) AS event_us, e.event_type
         FROM read_parquet({files!r}) e SEMI JOIN read_parquet('{cfg.notes}') n ON n.note_id = e.note_id
