@@ -6,6 +6,8 @@
 -- (see that file's header), so their outputs must be identical row for row:
 -- same cap order (time, note id, type, all descending; note_key order is
 -- note_id order), same fixed-point 1/N_u, same bounds and tie-breaking.
+-- Equal on contract input only (what the bench generates): the job's quarantine
+-- (blank ids, Unicode-space trimming, landing-format times) is not replicated.
 --
 -- Input view  window_events(user_id VARCHAR, note_id VARCHAR, event_us BIGINT, event_type VARCHAR)
 --             the window's valid events of known notes (string ids).

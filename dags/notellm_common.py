@@ -59,8 +59,11 @@ SPARK_CDS_ARCHIVE = os.environ.get("NOTELLM_SPARK_CDS_ARCHIVE", "")
 
 
 def spark_driver_conf() -> dict:
-    """Driver settings for SparkSubmitOperator: the CDS archive when one is configured."""
-    if not SPARK_CDS_ARCHIVE:
+    """Driver settings for SparkSubmitOperator: the CDS archive when one is
+    configured. A path with whitespace or quotes is not passed: spark-submit
+    splits extraJavaOptions on whitespace and the driver would not start.
+    Note: this conf replaces any spark.driver.extraJavaOptions of spark-defaults.conf."""
+    if not SPARK_CDS_ARCHIVE or any(ch.isspace() or ch in "'\"" for ch in SPARK_CDS_ARCHIVE):
         return {}
     return {"spark.driver.extraJavaOptions": f"-XX:SharedArchiveFile={SPARK_CDS_ARCHIVE} -Xshare:auto"}
 

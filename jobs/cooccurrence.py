@@ -301,7 +301,11 @@ def checkpoint_event_statuses(spark) -> tuple:
     kept = (spark.table("events_status").observe(observation, *metrics)
             .where(F.col("status").isin(*KEPT_STATUSES)).localCheckpoint(eager=True))
     kept.createOrReplaceTempView("events_status")
-    values = observation.get
+    values = observation.get   # published when the checkpoint's job finished
+    missing = [m for m in [f"status_{s}" for s in EVENT_STATUSES] + [f"reason_{r}" for r in QUARANTINE_REASONS]
+               if m not in values]
+    if missing:
+        raise RuntimeError(f"Spark returned no observed event counts for {missing}; the counts would not reconcile")
     counts = {s: int(values[f"status_{s}"]) for s in EVENT_STATUSES}
     by_reason = {r: int(values[f"reason_{r}"]) for r in QUARANTINE_REASONS}
     return kept, counts, by_reason

@@ -12,7 +12,7 @@ export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
 export AIRFLOW_CONN_SPARK_DEFAULT="${AIRFLOW_CONN_SPARK_DEFAULT:-{\"conn_type\": \"spark\", \"host\": \"local[2]\"}}"
 # Local mode: bind the Spark driver to loopback (spark-submit reads SPARK_LOCAL_IP).
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
-# Spark driver class-data sharing, once `make spark-cds` has recorded the archive (about 4-8 s off each Spark task).
+# Spark driver class-data sharing, once `make spark-cds` has recorded the archive (docs/operations.md).
 if [ -z "${NOTELLM_SPARK_CDS_ARCHIVE:-}" ] && [ -f "$_repo/var/spark-cds/driver.jsa" ]; then
   export NOTELLM_SPARK_CDS_ARCHIVE="$_repo/var/spark-cds/driver.jsa"
 fi

@@ -34,7 +34,7 @@ LEFT JOIN note_keys k ON k.note_id = e.note_id;
 -- in-scope and quarantined rows, which the quarantine output, the user keys
 -- and the scoring events then read. The raw text of a row (source file, JSON of its fields) is
 -- only kept for quarantined rows; every other row carries NULLs there, which
--- cost next to nothing in the columnar cache.
+-- cost next to nothing in the stored (checkpointed) rows.
 CREATE OR REPLACE TEMPORARY VIEW events_status AS
 SELECT user_id, note_key, unix_micros(event_time) AS event_us, event_type, status, quarantine_reason,
        CASE WHEN status = 'quarantined' THEN source END AS source,

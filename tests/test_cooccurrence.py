@@ -195,25 +195,37 @@ def test_bad_rows_are_quarantined_with_reasons_and_counts_reconcile(spark, tmp_p
                ("  ", "a", "view", "2026-11-20T01:00:00Z"),             # null_user (blank)
                ("u5", None, "click", "2026-11-20T01:00:00Z"),           # null_note
                ("u5", "a", "purchase", "2026-11-20T01:00:00Z"),         # unknown_event_type
-               ("u5", "zzz", "click", "2026-11-20T01:00:00Z")]          # unknown_note
+               ("u5", "zzz", "click", "2026-11-20T01:00:00Z"),          # unknown_note
+               ("u6", "zzz", "click", "2026-11-10T01:00:00Z")]          # unknown_note wins over outside window
     write_events(tmp_path / "events", landing, day_of=lambda r: D, landing=True, name="landing-00000.parquet")
     empty_days(tmp_path / "events", WINDOW)
     stats = run(spark, config(tmp_path))
 
-    assert stats["events_in"] == 13
+    assert stats["events_in"] == 14
     assert stats["quarantined"] == {"null_user": 2, "null_note": 1, "bad_timestamp": 2,
-                                    "unknown_event_type": 1, "unknown_note": 1}
+                                    "unknown_event_type": 1, "unknown_note": 2}
     assert (stats["quarantined_total"], stats["outside_window"], stats["ignored_type"], stats["capped"],
-            stats["used"]) == (7, 1, 1, 0, 4)
-    assert stats["events_in"] == 7 + 1 + 1 + 0 + 4 and stats["reconciles"]
+            stats["used"]) == (8, 1, 1, 0, 4)
+    assert stats["events_in"] == 8 + 1 + 1 + 0 + 4 and stats["reconciles"]
     q = contracts.read_table(tmp_path / "quarantine" / f"dt={D}", contracts.QUARANTINE).to_pylist()
     assert sorted(r["reason"] for r in q) == sorted(["null_user"] * 2 + ["null_note"] + ["bad_timestamp"] * 2
-                                                   + ["unknown_event_type", "unknown_note"])
+                                                   + ["unknown_event_type"] + ["unknown_note"] * 2)
     assert all(r["source"].endswith("landing-00000.parquet") for r in q)
     assert any('"event_time":"not a time"' in r["raw"] for r in q)
-    assert contracts.require_success(tmp_path / "quarantine" / f"dt={D}")["quarantined_total"] == 7
+    assert contracts.require_success(tmp_path / "quarantine" / f"dt={D}")["quarantined_total"] == 8
     # u1: a -> b (1/1); u3: a -> b (1/1) -> s = 2.0 with 2 users.
     assert [(r[0], r[1], r[2], r[3]) for r in rows_of(tmp_path / "pairs" / f"dt={D}")] == [("a", "b", 2.0, 2)]
+
+
+def test_window_of_empty_day_files_writes_empty_marked_partitions(spark, tmp_path):
+    """Zero rows in: the observed status counts still arrive (no hang), every
+    count is 0 and both outputs are empty, marked partitions."""
+    write_notes(tmp_path / "notes.parquet", ["a", "b"])
+    empty_days(tmp_path / "events", WINDOW)
+    stats = run(spark, config(tmp_path))
+    assert (stats["events_in"], stats["quarantined_total"], stats["used"], stats["pairs_written"]) == (0, 0, 0, 0)
+    assert rows_of(tmp_path / "pairs" / f"dt={D}") == []
+    assert contracts.require_success(tmp_path / "pairs" / f"dt={D}")["pairs_written"] == 0
 
 
 # --------------------------------------------------------------------------

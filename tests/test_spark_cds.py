@@ -36,16 +36,49 @@ def test_options_append_archive_and_keep_user_options(tmp_path, monkeypatch):
     assert cds_java_options("-XX:SharedArchiveFile=/other.jsa") == "-XX:SharedArchiveFile=/other.jsa"
     # an explicit argument wins over the environment
     assert cds_java_options("", archive="") == ""
+    # a chosen sharing mode is the user's: -Xshare:auto must not override -Xshare:off
+    assert cds_java_options("-Xshare:off") == "-Xshare:off"
 
 
-@pytest.mark.skipif(shutil.which("java") is None, reason="no java on PATH")
-def test_corrupt_archive_is_not_fatal(tmp_path):
-    """What the docs promise for a stale archive (other JDK, other class
-    path, or damaged): the JVM warns and runs without it."""
+def test_archive_path_with_whitespace_is_not_passed(tmp_path, monkeypatch, capsys):
+    """Spark splits extraJavaOptions on whitespace: such a path would become a
+    stray token on the java command line and the driver would not start."""
+    folder = tmp_path / "a b"
+    folder.mkdir()
+    archive = folder / "driver.jsa"
+    archive.write_bytes(b"x")
+    monkeypatch.setenv(CDS_ARCHIVE_ENV, str(archive))
+    assert cds_java_options("-Xss4m") == "-Xss4m"
+    assert "whitespace" in capsys.readouterr().err
+    from jobs import spark_cds
+
+    with pytest.raises(ValueError, match="whitespace"):
+        spark_cds.record(archive)
+
+
+def _java() -> str | None:
+    home = os.environ.get("JAVA_HOME")   # what Spark's launcher uses first
+    if home and os.access(os.path.join(home, "bin", "java"), os.X_OK):
+        return os.path.join(home, "bin", "java")
+    return shutil.which("java")
+
+
+@pytest.mark.skipif(_java() is None, reason="no java (JAVA_HOME or PATH)")
+@pytest.mark.parametrize("case", ["damaged", "missing", "stale"])
+def test_unusable_archive_is_not_fatal(tmp_path, case):
+    """What the docs promise: a damaged file, a file that vanished after the
+    DAG was parsed (the DAG passes the path unchecked) or an archive recorded
+    for another class path is ignored and the JVM runs without it."""
     archive = tmp_path / "driver.jsa"
-    archive.write_bytes(os.urandom(4096))
-    options = cds_java_options("", archive=str(archive)).split()
-    done = subprocess.run(["java", *options, "-version"], capture_output=True, text=True, timeout=60)
+    if case == "damaged":
+        archive.write_bytes(os.urandom(4096))
+    elif case == "stale":   # a real dynamic archive, recorded with another class path
+        recorded = subprocess.run([_java(), f"-XX:ArchiveClassesAtExit={archive}", "-cp", str(tmp_path), "-version"],
+                                  capture_output=True, text=True, timeout=120)
+        assert recorded.returncode == 0 and archive.is_file(), recorded.stderr[-2000:]
+    options = [f"-XX:SharedArchiveFile={archive}", "-Xshare:auto"]
+    done = subprocess.run([_java(), *options, "-cp", str(REPO), "-version"], capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0, done.stderr
 
 
