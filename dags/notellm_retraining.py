@@ -52,6 +52,10 @@ from notellm_common import DEFAULT_ARGS, MODEL_ASSET
         "max_steps": Param(200, type="integer", minimum=1),
         "batch_pairs": Param(8, type="integer", minimum=2, description="related pairs per batch (per GPU)"),
         "learning_rate": Param(1e-4, type="number", exclusiveMinimum=0),
+        "cpu_autocast_bf16": Param("off", enum=["off", "auto", "on"],
+                                   description="CPU workers: bf16 autocast (auto = only on CPUs with native bf16)"),
+        "train_top_layers": Param(0, type="integer", minimum=0,
+                                  description="0 = train every weight (the paper); N = only the top N blocks"),
         "num_gpus": Param(0, type="integer", minimum=0, description="0 = one CPU process"),
         "deepspeed_config": Param("zero2", enum=["zero2", "zero3"]),
         "timeout_minutes": Param(240, type="integer", minimum=1),
@@ -89,7 +93,7 @@ def notellm_retraining():
 
         p = paths()
         keys = ["base_model", "template_version", "window_days", "test_days", "max_steps", "batch_pairs",
-                "learning_rate", "num_gpus", "deepspeed_config"]
+                "learning_rate", "num_gpus", "deepspeed_config", "train_top_layers", "cpu_autocast_bf16"]
         digest = hashlib.sha256(json.dumps({k: params[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:8]
         # Same date + same Params -> same directory: a retry resumes from its checkpoints.
         run_dir = p["models"] / "runs" / f"{ds}-{digest}"
@@ -97,7 +101,8 @@ def notellm_retraining():
             f"backbone={params['base_model']}", f"pairs={split['train_pairs']}", f"notes={p['notes']}",
             f"output_dir={run_dir}", f"max_steps={params['max_steps']}", f"batch_pairs={params['batch_pairs']}",
             f"lr={params['learning_rate']}", f"template_version={params['template_version']}",
-            f"deepspeed_config={params['deepspeed_config']}",
+            f"deepspeed_config={params['deepspeed_config']}", f"train_top_layers={params['train_top_layers']}",
+            "cpu_autocast_bf16=" + {"off": "false", "auto": "auto", "on": "true"}[params["cpu_autocast_bf16"]],
             f"save_every={max(1, params['max_steps'] // 4)}", "log_every=5",
         ]
         sets = [a for o in overrides for a in ("--set", o)]

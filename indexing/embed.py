@@ -46,25 +46,21 @@ import pyarrow.parquet as pq
 
 from notellm.contracts import (NOTES, ContractError, embeddings_contract, mark_success, read_table,
                                write_table)
+from notellm.precision import PRECISIONS, cpu_has_native_bf16, use_bf16  # noqa: F401 (re-exported)
 from notellm.prompts import PromptConfig, note_fingerprint
 
 log = logging.getLogger(__name__)
 
 SHARD_PREFIX = "shard-"
 RUN_FILE = "_run.json"
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclasses.dataclass
 class EmbedConfig:
     """Knobs of an embedding run.
 
-    ``precision='auto'`` means bf16 autocast on GPU, and on CPU only where the
-    CPU has native bf16 (AVX512-BF16 / AMX). Measured on this project's 2-core
-    AVX2 EPYC (no native bf16; docs/benchmarks.md "Embedding and index"):
-    bf16 autocast embeds SmolLM2-135M notes ~9x *slower* than fp32 (0.36 vs
-    3.08 notes/s) at cosine 0.99993 min, so 'auto' is fp32 there. Force with
-    ``bf16`` / ``fp32``.
+    ``precision``: see notellm.precision (``auto`` = bf16 autocast on GPU and on
+    CPUs with native bf16, fp32 elsewhere). Force with ``bf16`` / ``fp32``.
     """
 
     shard_size: int = 2048
@@ -78,21 +74,6 @@ class EmbedConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.shard_size <= 0 or self.batch_size <= 0:
             raise ValueError("shard_size and batch_size must be positive")
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo (Linux); False when unknown."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_bf16(precision: str, device_type: str) -> bool:
-    if precision == "auto":
-        return device_type == "cuda" or (device_type == "cpu" and cpu_has_native_bf16())
-    return precision == "bf16"
 
 
 # ---------------------------------------------------------------- planning (pure)

@@ -52,25 +52,29 @@ def target_ranks(query_vectors: np.ndarray, target_rows: np.ndarray, query_rows:
 
 
 def recall_at_k(pool_ids: Sequence[str], pool_vectors: np.ndarray, pairs: Iterable[tuple[str, str]],
-                ks: Sequence[int] = (10, 50, 100, 1000), query_vectors: Mapping[str, np.ndarray] | None = None
-                ) -> dict:
+                ks: Sequence[int] = (10, 50, 100, 1000), query_vectors: Mapping[str, np.ndarray] | None = None,
+                with_ranks: bool = False) -> dict:
     """Recall@K for test pairs over a pool (see module docstring).
 
     Pairs whose target is not in the pool cannot be hit and are counted as
     misses (reported as ``targets_missing``). Query vectors default to the
     pool's own vectors.
-    Returns ``{"recall": {K: value}, "k_capped": {K: K'}, "pairs": n, ...}``.
+    Returns ``{"recall": {K: value}, "k_capped": {K: K'}, "pairs": n, ...}``; with
+    ``with_ranks`` also ``"ranks"``: the target's rank per pair in input order (a pair whose
+    target is missing from the pool gets ``len(pool) + 1``, a rank no K hits), for paired
+    comparisons of two systems on the same pairs.
     """
     pool_ids = list(pool_ids)
     row_of = {nid: i for i, nid in enumerate(pool_ids)}
     if len(row_of) != len(pool_ids):
         raise ValueError("pool_ids contains duplicates")
     pairs = list(pairs)
-    q_rows, t_rows, q_vecs, missing = [], [], [], 0
-    for q, t in pairs:
+    q_rows, t_rows, q_vecs, missing, found = [], [], [], 0, []
+    for i, (q, t) in enumerate(pairs):
         if t not in row_of:
             missing += 1
             continue
+        found.append(i)
         if query_vectors is not None and q in query_vectors:
             q_vecs.append(query_vectors[q])
         elif q in row_of:
@@ -82,7 +86,12 @@ def recall_at_k(pool_ids: Sequence[str], pool_vectors: np.ndarray, pairs: Iterab
     ranks = target_ranks(np.array(q_vecs).reshape(len(q_vecs), -1) if q_vecs else np.zeros((0, 1)),
                          np.array(t_rows, dtype=np.int64), np.array(q_rows, dtype=np.int64),
                          pool_vectors) if q_vecs else np.zeros(0, dtype=np.int64)
-    return recall_from_ranks(ranks, len(pairs), len(pool_ids), ks, missing)
+    result = recall_from_ranks(ranks, len(pairs), len(pool_ids), ks, missing)
+    if with_ranks:
+        all_ranks = np.full(len(pairs), len(pool_ids) + 1, dtype=np.int64)
+        all_ranks[np.array(found, dtype=np.int64)] = ranks
+        result["ranks"] = all_ranks
+    return result
 
 
 def recall_from_ranks(ranks: np.ndarray, n_pairs: int, pool_size: int, ks: Sequence[int],

@@ -16,6 +16,8 @@ export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 if [ -z "${NOTELLM_SPARK_CDS_ARCHIVE:-}" ] && [ -f "$_repo/var/spark-cds/driver.jsa" ]; then
   export NOTELLM_SPARK_CDS_ARCHIVE="$_repo/var/spark-cds/driver.jsa"
 fi
+# DeepSpeed's CPU op, built once by `make install` (Makefile, TORCH_EXTENSIONS_DIR).
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$_repo/.venv/torch_extensions}"
 export NOTELLM_PYTHON="${NOTELLM_PYTHON:-$_repo/.venv/bin/python}"
 # spark-submit, deepspeed and airflow come from the project's virtualenv.
 export PATH="$_repo/.venv/bin:$PATH"

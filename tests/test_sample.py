@@ -161,3 +161,32 @@ def test_bad_arguments_are_refused(tmp_path):
         generate(SampleConfig(notes=3), tmp_path)
     with pytest.raises(ValueError, match="malformed-rate"):
         generate(CFG, tmp_path, "contract", 0.1)
+
+
+def test_co_clicks_follow_reader_communities_across_topics(world_events):
+    """The signal text similarity does not show: consecutive clicks of one user share the
+    note format (the user's community) far more often than chance, also across topics."""
+    world, events = world_events
+    users, notes, kinds = _organic_clicks(world, events)
+    keep = (kinds == 2) & ~np.isin(users, world.bots)
+    u, n = users[keep], notes[keep]
+    order = np.lexsort((n, u))
+    u, n = u[order], n[order]
+    same_user = u[1:] == u[:-1]
+    a, b = n[:-1][same_user], n[1:][same_user]
+    same_format = world.fmt[a] == world.fmt[b]
+    cross_topic = world.topic[a] != world.topic[b]
+    chance = 1 / len(sample.FORMATS)
+    assert same_format.mean() > 3 * chance, same_format.mean()
+    assert cross_topic.sum() > 0.2 * len(a)                       # readers' interests span topics
+    assert same_format[cross_topic].mean() > 3 * chance, same_format[cross_topic].mean()
+    assert np.mean(world.fmt[n] == world.user_community[u]) > 0.7
+
+
+def test_formats_use_no_topic_words():
+    """A format's templates are generic: only the filled-in words name the topic."""
+    topic_words = {w for t in sample.TOPICS for w in t.words} | {h for t in sample.TOPICS for h in t.hashtags}
+    for f in sample.FORMATS:
+        text = " ".join(f.titles + f.sentences).lower()
+        assert not [w for w in topic_words if f" {w} " in f" {text} "], f.name
+    assert len({f.name for f in sample.FORMATS}) == len(sample.FORMATS) >= 4

@@ -174,3 +174,34 @@ def test_evaluate_register_generate_commands(full_run, setup, tmp_path, capsys):
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     cats = {"coffee", "bicycles", "beer", "economics"}
     assert all(row["generated"] in cats for row in lines[:-1]) and lines[-1]["summary"]["notes"] == 3
+
+
+def test_top_layers_run_resumes_after_kill_from_its_trainable_weights(setup):
+    """train_top_layers saves only the trained weights in checkpoints; a killed run resumes
+    from them on top of the rebuilt (frozen) backbone and ends where an uninterrupted run ends."""
+    from safetensors.torch import load_file
+    root, base = setup
+    runs = {}
+    for name, kill in (("top-full", None), ("top-killed", "2")):
+        cfg_path = write_cfg(root, base, name, train_top_layers=1)
+        cmd = [sys.executable, "-m", "training.train", "--config", str(cfg_path)]
+        if kill:
+            proc = subprocess.run(cmd, cwd=REPO, env={**env(), "NOTELLM_TRAIN_KILL_AFTER_STEP": kill},
+                                  capture_output=True, text=True)
+            assert proc.returncode == 137, proc.stderr[-2000:]
+        proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert ("resumed from" in proc.stderr) == bool(kill)
+        runs[name] = root / name
+    for a, b in zip(log_rows(runs["top-full"]), log_rows(runs["top-killed"])):
+        for key in ("l_cl", "l_gen", "tau"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
+    full = {k: v for f in (runs["top-full"] / "model").glob("*.safetensors") for k, v in load_file(str(f)).items()}
+    resumed = {k: v for f in (runs["top-killed"] / "model").glob("*.safetensors")
+               for k, v in load_file(str(f)).items()}
+    assert full.keys() == resumed.keys()
+    for k in full:
+        np.testing.assert_allclose(resumed[k].numpy(), full[k].numpy(), atol=1e-5, err_msg=k)
+    backbone = {k: v for f in Path(base["backbone"]).glob("*.safetensors") for k, v in load_file(str(f)).items()}
+    frozen = "model.layers.0.self_attn.q_proj.weight"
+    np.testing.assert_array_equal(full[frozen].numpy(), backbone[frozen].numpy())

@@ -26,6 +26,7 @@ class TrainConfig:
     tau_init: float = 3.0
     alpha: float = 0.01
     r: float = 0.4
+    train_top_layers: int = 0          # 0 = every weight (the paper); N = only the top N blocks + norm + projection
     # optimisation
     batch_pairs: int = 16              # B pairs = 2B notes per global batch
     lr: float = 3e-5
@@ -38,7 +39,7 @@ class TrainConfig:
     # runtime
     deepspeed_config: str = "zero2"    # 'zero2', 'zero3' or a JSON path
     bf16: str | bool = "auto"          # auto: bf16 on CUDA, fp32 on CPU
-    cpu_autocast_bf16: bool = False    # bf16 autocast on CPU (see docs/benchmarks.md "Training")
+    cpu_autocast_bf16: bool | str = False  # bf16 autocast on CPU; "auto" = where the CPU has native bf16
     save_every: int = 100              # DeepSpeed checkpoint every N steps (and at the end)
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -78,6 +79,10 @@ class TrainConfig:
             problems.append(f"r={self.r} must be in [0, 1]")
         if self.alpha < 0:
             problems.append(f"alpha={self.alpha} must be >= 0")
+        if self.cpu_autocast_bf16 not in (True, False, "auto"):
+            problems.append(f"cpu_autocast_bf16={self.cpu_autocast_bf16!r} must be true, false or 'auto'")
+        if self.train_top_layers < 0:
+            problems.append("train_top_layers must be >= 0 (0 = train every layer)")
         if self.batch_pairs < 1:
             problems.append("batch_pairs must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:

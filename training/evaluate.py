@@ -12,6 +12,9 @@ notes (notellm.metrics.in_batch_accuracy; chance 1/(2B-1)).
 ``--backbone-baseline`` also evaluates the untrained backbone (a fresh
 NoteEncoder built with the model's seed), ``--approved-root`` the currently
 approved model, so the registration gate compares models on one test set.
+With the backbone, ``gain_over_backbone`` gives the model's Recall@K gain per K with
+a paired bootstrap 95% interval (clusters = query notes) and McNemar's p-value; each
+system's ``ranks`` lists the target's rank per test pair.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import numpy as np
 
 from notellm.contracts import POOL, read_table, require_success
 from notellm.metrics import in_batch_accuracy, recall_at_k, test_set_fingerprint
+from notellm.precision import PRECISIONS, use_bf16
+from notellm.stats import hits_at_k, paired_comparison
 from training.data import clean_pairs, load_notes, load_pairs
 from training.sampler import plan_epoch
 
@@ -51,7 +56,7 @@ def evaluate_encoder(encoder, pairs, pool, notes, ks=(10, 50, 100, 1000), batch_
     row = {n: i for i, n in enumerate(needed)}
     pool_vecs = vectors[[row[n] for n in pool]]
     queries = {q: vectors[row[q]] for q, _ in pairs}
-    rec = recall_at_k(pool, pool_vecs, pairs, ks=ks, query_vectors=queries)
+    rec = recall_at_k(pool, pool_vecs, pairs, ks=ks, query_vectors=queries, with_ranks=True)
     plan = plan_epoch(pairs, min(batch_pairs, max(1, len(pairs))), seed, 0)
     accs = [in_batch_accuracy(vectors[[row[pairs[i][0]] for i in b]], vectors[[row[pairs[i][1]] for i in b]])
             for b in plan.batches]
@@ -61,7 +66,21 @@ def evaluate_encoder(encoder, pairs, pool, notes, ks=(10, 50, 100, 1000), batch_
             "targets_missing_from_pool": rec["targets_missing"],
             "in_batch_accuracy": float(np.mean(accs)) if accs else float("nan"),
             "in_batch_batches": len(accs), "in_batch_batch_pairs": b, "in_batch_chance": 1.0 / (2 * b - 1),
-            "embed_s": time.perf_counter() - t0, "notes_embedded": len(needed)}
+            "embed_s": time.perf_counter() - t0, "notes_embedded": len(needed),
+            "ranks": rec["ranks"].tolist()}
+
+
+def gain_over(new: dict, reference: dict, pairs: list[tuple[str, str]], pool_size: int, ks, seed: int = 0) -> dict:
+    """Recall@K of ``new`` minus ``reference`` on the same pairs, per K, with a paired
+    cluster bootstrap 95% interval (the pairs of one query note are one cluster: they share
+    the query's embedding) and the exact McNemar p-value (notellm.stats.paired_comparison)."""
+    clusters = [q for q, _ in pairs]
+    out = {}
+    for k in ks:
+        a = hits_at_k(np.array(new["ranks"]), pool_size, k)
+        b = hits_at_k(np.array(reference["ranks"]), pool_size, k)
+        out[str(k)] = paired_comparison(a, b, seed=seed, clusters=clusters)
+    return out
 
 
 def run(args) -> dict:
@@ -89,7 +108,9 @@ def run(args) -> dict:
 
     def one(encoder, name):
         torch.manual_seed(0)
-        res = evaluate_encoder(encoder, pairs, pool, notes, ks, args.batch_pairs, args.batch_size, args.bf16)
+        bf16 = use_bf16(args.precision, encoder.device.type)
+        res = evaluate_encoder(encoder, pairs, pool, notes, ks, args.batch_pairs, args.batch_size, bf16)
+        res["bf16"] = bf16
         res["model_id"] = encoder.config.model_id
         log.info("%s: recall %s in-batch acc %.3f (chance %.3f)", name, res["recall"], res["in_batch_accuracy"],
                  res["in_batch_chance"])
@@ -105,6 +126,7 @@ def run(args) -> dict:
                                  seed=int(cfg.extra.get("seed", 0)))
         result["backbone"] = one(base, "backbone")
         result["backbone"]["base_model"] = cfg.base_model
+        result["gain_over_backbone"] = gain_over(result["model"], result["backbone"], pairs, len(pool), ks)
         del base
     if args.approved_root:
         from notellm.registry import current_approved
@@ -128,7 +150,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-pairs", type=int, default=16, help="pairs per batch for in-batch accuracy")
     p.add_argument("--batch-size", type=int, default=32, help="embedding batch size")
     p.add_argument("--limit-pairs", type=int, default=None)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast while embedding")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="embedding precision (notellm.precision: auto = bf16 on GPU and on CPUs with native bf16)")
     p.add_argument("--out", default=None, help="write the JSON here (also printed)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -87,6 +87,34 @@ class NoteLLMTrainModel(nn.Module):
                            emb_a.detach(), emb_b.detach())
 
 
+def train_only_top_layers(encoder: NoteEncoder, top_layers: int) -> dict:
+    """Freeze the backbone except its top ``top_layers`` transformer blocks and final norm.
+
+    The projection head stays trainable. Nothing below the lowest trainable block needs a
+    gradient, so autograd stops there: the backward pass and the optimizer state shrink
+    with the frozen share (a budget lever for CPUs and small demos; the paper trains all
+    weights, ``top_layers = 0``). The input embeddings, and with them the tied LM head and
+    the ``[EMB]`` row, stay frozen. Returns the trainable and total parameter counts.
+    """
+    base = encoder.lm.base_model
+    blocks = getattr(base, "layers", None)
+    if blocks is None:
+        raise ValueError(f"{type(base).__name__}: no .layers to freeze by depth; use train_top_layers=0")
+    if not 0 < top_layers <= len(blocks):
+        raise ValueError(f"train_top_layers={top_layers}: the backbone has {len(blocks)} blocks")
+    for param in encoder.lm.parameters():
+        param.requires_grad_(False)
+    trainable = [*blocks[len(blocks) - top_layers:]]
+    if getattr(base, "norm", None) is not None:
+        trainable.append(base.norm)
+    for module in trainable:
+        for param in module.parameters():
+            param.requires_grad_(True)
+    counts = {"trainable": sum(p.numel() for p in encoder.parameters() if p.requires_grad),
+              "total": sum(p.numel() for p in encoder.parameters())}
+    return counts
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: no weight decay on biases, norms, embeddings' new rows... and tau."""
     decay, no_decay = [], []

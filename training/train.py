@@ -38,10 +38,11 @@ import torch
 
 from notellm.backbone import resolve_backbone
 from notellm.metrics import in_batch_accuracy
+from notellm.precision import cpu_has_native_bf16
 from training.config import TrainConfig, deepspeed_config_path, resolve_deepspeed_config, resolve_zero3_auto
 from training.loss import gather_with_local_grad
 from training.data import batch_examples, load_training_pairs, local_examples
-from training.model import NoteLLMTrainModel, parameter_groups, unwrap_encoder_state
+from training.model import NoteLLMTrainModel, parameter_groups, train_only_top_layers, unwrap_encoder_state
 from training.sampler import UniqueNoteBatchSampler
 
 log = logging.getLogger("training.train")
@@ -152,6 +153,11 @@ def train(cfg: TrainConfig, return_model: bool = False):
     encoder = NoteEncoder.build(backbone, dim=cfg.dim, template_version=cfg.template_version,
                                 max_title_tokens=cfg.max_title_tokens, max_content_tokens=cfg.max_content_tokens,
                                 seed=cfg.seed)
+    if cfg.train_top_layers:
+        counts = train_only_top_layers(encoder, cfg.train_top_layers)
+        if rank == 0:
+            log.info("training the top %d blocks only: %d of %d parameters", cfg.train_top_layers,
+                     counts["trainable"], counts["total"])
     model = NoteLLMTrainModel(encoder, tau_init=cfg.tau_init, alpha=cfg.alpha)
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
                                   eps=1e-8)
@@ -167,7 +173,7 @@ def train(cfg: TrainConfig, return_model: bool = False):
     # ---------------------------------------------------------------- resume
     start_step = 0
     if (ckpt_dir / "latest").exists():
-        path, client = engine.load_checkpoint(str(ckpt_dir))
+        path, client = engine.load_checkpoint(str(ckpt_dir), load_module_strict=not cfg.train_top_layers)
         if path is None:
             raise RuntimeError(f"{ckpt_dir}: 'latest' exists but the checkpoint could not be loaded")
         start_step = int(client["step"])
@@ -188,6 +194,9 @@ def train(cfg: TrainConfig, return_model: bool = False):
         from tqdm import tqdm
         bar = tqdm(total=steps, initial=start_step, unit="step", dynamic_ncols=True)
 
+    # "auto": only where the CPU has native bf16 (emulated bf16 is several times slower).
+    cpu_autocast = device.type == "cpu" and (cpu_has_native_bf16() if cfg.cpu_autocast_bf16 == "auto"
+                                             else bool(cfg.cpu_autocast_bf16))
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "-1"))
     engine.train()
     t_start = time.perf_counter()
@@ -198,8 +207,7 @@ def train(cfg: TrainConfig, return_model: bool = False):
         mine = local_examples(examples, rank, world)
         encoded = [encoder.prompts.encode(e.note, task=e.task, hashtags_out=e.hashtags_out) for e in mine]
         batch = {k: v.to(device) for k, v in encoder.collate(encoded, with_labels=True).items()}
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16,
-                            enabled=cfg.cpu_autocast_bf16 and device.type == "cpu"):
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=cpu_autocast):
             out = engine(**batch)
         lr_now = engine.get_lr()[0]  # the rate this step uses
         engine.backward(out.loss)
@@ -235,7 +243,9 @@ def train(cfg: TrainConfig, return_model: bool = False):
         if done % cfg.save_every == 0 or done == steps:
             client = {"step": done, "sampler": {"seed": cfg.seed, "batch_pairs": cfg.batch_pairs,
                                                 "next_position": list(sampler.position(done))}}
-            engine.save_checkpoint(str(ckpt_dir), tag=f"step{done}", client_state=client)
+            # Frozen weights are the backbone's own: a resume rebuilds them, so only what trains is saved.
+            engine.save_checkpoint(str(ckpt_dir), tag=f"step{done}", client_state=client,
+                                   exclude_frozen_parameters=bool(cfg.train_top_layers))
             if rank == 0:
                 _prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
         if done == kill_after:
@@ -263,7 +273,7 @@ def train(cfg: TrainConfig, return_model: bool = False):
         rows = [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
         metrics = {
             "steps": steps, "resumed_from_step": start_step, "world_size": world, "zero_stage": zero_stage,
-            "bf16": use_bf16, "cpu_autocast_bf16": cfg.cpu_autocast_bf16,
+            "bf16": use_bf16, "cpu_autocast_bf16": cpu_autocast,
             "first": rows[0] if rows else None, "last": rows[-1] if rows else None,
             "wall_s_this_run": wall,
             "samples_per_s_this_run": notes_done / wall if wall > 0 else None,

@@ -12,18 +12,29 @@ Model of the world
   its title/content are template sentences filled with topic words (about 8%
   of filler words come from another topic: cross-topic noise); it carries 1-5
   of its topic's hashtags.
+* Each note is also written in one of a few formats (``FORMATS``: review,
+  beginner guide, budget tips, diary, question, story). A format owns its title
+  templates and some sentences, made of generic words only, so text similarity
+  ranks notes by topic first and barely by format.
 * Notes are created over ``[start - backlog_days, end)``: half before the
   event window (the catalogue), half during it (so a later test period has
   new notes). A note only receives events after its ``created_at``.
 * Each note has a Zipf popularity weight (``w = 1 / rank**ZIPF_S`` over a
   random rank within its topic).
-* Users have 1-3 interest topics and a log-normal activity level. They
-  browse in sessions: a session picks one of the user's interests (or a
-  random topic with probability ``SESSION_OFF_TOPIC``), shows impressions of
-  notes of that topic drawn by popularity among notes already created
-  (``IMPRESSION_OFF_TOPIC`` of impressions are random-topic noise), some
-  impressions become views and some views become clicks. So notes
-  co-clicked by one user in a session are mostly of one topic.
+* Users have 1-3 interest topics (the first one the main one,
+  ``INTEREST_WEIGHTS``), a log-normal activity level and one reader
+  community: the format they prefer, whatever the topic. They browse in
+  sessions: a session picks one of the user's interests (or a random topic
+  with probability ``SESSION_OFF_TOPIC``) and shows impressions of notes of
+  that topic drawn by popularity among notes already created
+  (``FEED_COMMUNITY_SHARE`` of them from the user's own format,
+  ``IMPRESSION_OFF_TOPIC`` random-topic noise). Readers mostly view and click
+  notes of their own format (``P_VIEW_*``, ``P_CLICK_*``). So a user's
+  co-clicked notes share a format far more often than a topic alone explains,
+  across topics (over a day a user reads several of their interests) and
+  within one (sub-communities of a topic whose notes share no topic word the
+  others lack): the relation co-occurrence mining recovers and text alone
+  does not show.
 * A few hyper-active users (bots) click random notes of any topic.
 * Sessions start on a diurnal profile (busier evenings) over ``days`` days
   ending at ``end_date`` (exclusive end = ``end_date + 1 day``).
@@ -118,30 +129,54 @@ TOPICS: tuple[Topic, ...] = (
           ("personalfinance", "budgeting", "moneytips", "savingmoney", "investing")),
 )
 
-TITLE_TEMPLATES = (
-    "My {a} and {b} routine",
-    "{A}: what I wish I knew earlier",
-    "5 tips for better {a}",
-    "Trying {a} with {b} for the first time",
-    "Honest review: {a} vs {b}",
-    "A weekend of {a}",
-    "Why {a} changed my {b} game",
-    "Beginner guide to {a}",
-    "{A} haul and first impressions",
-    "How I plan {a} on a budget",
+@dataclasses.dataclass(frozen=True)
+class NoteFormat:
+    """A way of writing a note, and the reader community that prefers it.
+
+    Its words are generic (no topic words), so two notes of one format but different
+    topics share only template words, and two notes of one topic but different formats
+    share the topic's vocabulary: text similarity alone ranks by topic.
+    """
+
+    name: str
+    titles: tuple[str, ...]
+    sentences: tuple[str, ...]
+
+
+FORMATS: tuple[NoteFormat, ...] = (
+    NoteFormat("review",
+               ("Honest review: {a} vs {b}", "{A}: worth the hype?", "I tested {a} for a month"),
+               ("Not sponsored, I just really like {a} with {b}.", "Pros: the {a}. Cons: the {b}.",
+                "I would rate the {a} a solid eight out of ten.")),
+    NoteFormat("beginner",
+               ("Beginner guide to {a}", "5 tips for better {a}", "{A}: what I wish I knew earlier"),
+               ("If you are new, start with {a} and keep it simple.", "Pro tip: pair {a} with {b}.",
+                "Step one is {a}, do not worry about {b} yet.")),
+    NoteFormat("budget",
+               ("How I plan {a} for less", "Cheap {a} that actually works", "{A} without spending much"),
+               ("You do not need expensive {a} to start.", "I saved a lot by skipping the {b}.",
+                "Second-hand {a} is totally fine.")),
+    NoteFormat("diary",
+               ("A weekend of {a}", "My {a} and {b} routine", "Day 30 of my {a} journey"),
+               ("Today I finally tried {a} and it was worth it.", "Saving this for my next {a} day.",
+                "Honestly the {a} made my week.")),
+    NoteFormat("question",
+               ("Does anyone else struggle with {a}?", "Help: {a} or {b}?", "Is {a} worth it for me?"),
+               ("Does anyone else struggle with {a}?", "What would you do about the {b}?",
+                "Any advice on {a} is welcome.")),
+    NoteFormat("story",
+               ("Why {a} changed my {b} game", "Trying {a} with {b} for the first time",
+                "The day {a} went wrong"),
+               ("It took me three tries to get the {a} right.", "Long story short, the {b} saved me.",
+                "I never expected {a} to matter this much.")),
 )
 
-SENTENCE_TEMPLATES = (
-    "Today I finally tried {a} and it was worth it.",
+# Sentences any note can carry, whatever its format.
+COMMON_SENTENCES = (
     "The secret is {a}, not {b}.",
     "I have been into {a} for a while and {b} made a big difference.",
-    "If you are new, start with {a} and keep it simple.",
     "My favourite part was the {a}.",
-    "Not sponsored, I just really like {a} with {b}.",
-    "Saving this for my next {a} day.",
-    "Does anyone else struggle with {a}?",
-    "Pro tip: pair {a} with {b}.",
-    "It took me three tries to get the {a} right.",
+    "Let me know what you think about {a}.",
 )
 
 EVENT_TYPE_NAMES = ("impression", "view", "click")
@@ -149,9 +184,14 @@ EVENT_TYPE_NAMES = ("impression", "view", "click")
 # Behaviour parameters (documented in the module docstring).
 ZIPF_S = 1.1
 SESSION_OFF_TOPIC = 0.05
+INTEREST_WEIGHTS = (0.6, 0.25, 0.15)  # session share of a user's 1st, 2nd, 3rd interest topic
 IMPRESSION_OFF_TOPIC = 0.10
-P_VIEW = 0.30          # impression -> view
-P_CLICK = 0.40         # view -> click   (so impression:view:click ~ 1 : 0.30 : 0.12)
+# Funnel by whether the note's format is the user's community's (impression -> view -> click).
+P_VIEW_OWN_FORMAT = 0.60
+P_VIEW_OTHER_FORMAT = 0.04
+P_CLICK_OWN_FORMAT = 0.50
+P_CLICK_OTHER_FORMAT = 0.10
+FEED_COMMUNITY_SHARE = 0.35  # impressions the feed draws from the user's own format within the topic
 MEAN_IMPRESSIONS = 12  # per session
 BOT_SHARE_OF_EVENTS = 0.03
 BACKLOG_DAYS = 30
@@ -204,10 +244,12 @@ class World:
 
     notes: pa.Table                 # NOTES contract
     topic: np.ndarray               # topic index per note
+    fmt: np.ndarray                 # FORMATS index per note
     created_us: np.ndarray          # created_at as epoch micros per note
     popularity: np.ndarray          # Zipf weight per note
     user_interests: np.ndarray      # (users, 3) topic indices, -1 = unused
     user_n_interests: np.ndarray
+    user_community: np.ndarray      # FORMATS index each user prefers (their reader community)
     user_activity: np.ndarray       # relative session rate per user
     bots: np.ndarray                # user indices of hyper-active users
 
@@ -220,15 +262,21 @@ def user_ids(n: int) -> list[str]:
     return [f"u{i:07d}" for i in range(n)]
 
 
-def _render_texts(rng: np.random.Generator, topic: np.ndarray) -> tuple[list[str], list[str], list[list[str]]]:
+def _render_texts(rng: np.random.Generator, topic: np.ndarray, fmt: np.ndarray,
+                  ) -> tuple[list[str], list[str], list[list[str]]]:
     """Titles, contents and hashtags. All random draws are made up front with
-    fixed shapes so the output depends only on the seed."""
+    fixed shapes so the output depends only on the seed. The title and the first
+    sentence come from the note's format; later sentences from the format or the
+    common pool."""
     n = len(topic)
     n_topics = len(TOPICS)
     n_words = min(len(t.words) for t in TOPICS)
-    title_tpl = rng.integers(len(TITLE_TEMPLATES), size=n)
-    n_sent = rng.integers(2, 5, size=n)
-    sent_tpl = rng.integers(len(SENTENCE_TEMPLATES), size=(n, 4))
+    n_titles = min(len(f.titles) for f in FORMATS)
+    n_own = min(len(f.sentences) for f in FORMATS)
+    title_tpl = rng.integers(n_titles, size=n)
+    n_sent = rng.integers(1, 4, size=n)
+    sent_tpl = rng.integers(n_own + len(COMMON_SENTENCES), size=(n, 4))
+    sent_tpl[:, 0] %= n_own
     word_idx = rng.integers(n_words, size=(n, 5, 2))
     noise = rng.random(size=(n, 5, 2)) < NOISE_WORD_RATE
     noise_topic = (topic[:, None, None] + rng.integers(1, n_topics, size=(n, 5, 2))) % n_topics
@@ -236,15 +284,16 @@ def _render_texts(rng: np.random.Generator, topic: np.ndarray) -> tuple[list[str
     tag_perm_keys = rng.random(size=(n, 6))
     titles, contents, hashtags = [], [], []
     for i in range(n):
-        t = TOPICS[topic[i]]
+        t, f = TOPICS[topic[i]], FORMATS[fmt[i]]
+        templates = f.sentences[:n_own] + COMMON_SENTENCES
 
         def word(slot: int, k: int) -> str:
             src = TOPICS[noise_topic[i, slot, k]] if noise[i, slot, k] else t
             return src.words[word_idx[i, slot, k]]
 
         a, b = word(0, 0), word(0, 1)
-        titles.append(TITLE_TEMPLATES[title_tpl[i]].format(a=a, b=b, A=a.capitalize()))
-        sentences = [SENTENCE_TEMPLATES[sent_tpl[i, j]].format(a=word(j + 1, 0), b=word(j + 1, 1))
+        titles.append(f.titles[title_tpl[i]].format(a=a, b=b, A=a.capitalize()))
+        sentences = [templates[sent_tpl[i, j]].format(a=word(j + 1, 0), b=word(j + 1, 1))
                      for j in range(n_sent[i])]
         contents.append(" ".join(sentences))
         order = np.argsort(tag_perm_keys[i, :len(t.hashtags)])
@@ -260,6 +309,7 @@ def generate_world(cfg: SampleConfig) -> World:
     topic_weight = rng.dirichlet(np.full(n_topics, 8.0))
     topic = rng.choice(n_topics, size=n, p=topic_weight)
     topic[:n_topics] = np.arange(n_topics)        # every topic has at least one note
+    fmt = rng.integers(len(FORMATS), size=n)
 
     start_us, end_us = _micros(cfg.window_start), _micros(cfg.window_end)
     backlog_us = start_us - BACKLOG_DAYS * MICROS_PER_DAY
@@ -279,7 +329,7 @@ def generate_world(cfg: SampleConfig) -> World:
     rank[order] = np.arange(n) - first_of_topic[sorted_topic] + 1
     popularity = 1.0 / rank.astype(np.float64) ** ZIPF_S
 
-    titles, contents, hashtags = _render_texts(rng, topic)
+    titles, contents, hashtags = _render_texts(rng, topic, fmt)
     categories = np.array([t.category for t in TOPICS], dtype=object)[topic]
     notes = pa.table({
         "note_id": pa.array(note_ids(n), pa.string()),
@@ -297,11 +347,12 @@ def generate_world(cfg: SampleConfig) -> World:
     perm = np.argsort(rng.random((u, n_topics)), axis=1)[:, :3]
     mask = np.arange(3)[None, :] < n_int[:, None]
     interests[mask] = perm[mask]
+    community = rng.integers(len(FORMATS), size=u)
     activity = rng.lognormal(0.0, 1.0, size=u)
     n_bots = max(1, u // 500)
     bots = np.sort(rng.choice(u, size=n_bots, replace=False))
     activity[bots] = 0.0                           # bots only produce bot traffic
-    return World(notes, topic, created, popularity, interests, n_int, activity, bots)
+    return World(notes, topic, fmt, created, popularity, interests, n_int, community, activity, bots)
 
 
 # --------------------------------------------------------------------------
@@ -318,6 +369,24 @@ def _weighted_pick(rng: np.random.Generator, cumulative: np.ndarray, lo: np.ndar
     return np.clip(idx, lo, hi - 1)
 
 
+def _pick_created_before(rng: np.random.Generator, world: World, group_of_note: np.ndarray,
+                         group: np.ndarray, when: np.ndarray) -> np.ndarray:
+    """For each (group[i], when[i]): a note of that group created at or before when[i],
+    popularity-weighted; -1 where the group has no such note yet."""
+    key_scale = np.int64(1) << np.int64(52)
+    base_key = np.int64(world.created_us.min())
+    note_key = group_of_note.astype(np.int64) * key_scale + (world.created_us - base_key)
+    order = np.argsort(note_key, kind="stable")
+    sorted_key = note_key[order]
+    cum_pop = np.cumsum(world.popularity[order])
+    lo = np.searchsorted(sorted_key, group.astype(np.int64) * key_scale)
+    hi = np.searchsorted(sorted_key, group.astype(np.int64) * key_scale + (when - base_key), side="right")
+    empty = hi <= lo
+    lo = np.minimum(lo, len(order) - 1)            # keep empty groups' bounds in range
+    picked = order[_weighted_pick(rng, cum_pop, lo, np.maximum(hi, lo + 1))]
+    return np.where(empty, -1, picked)
+
+
 def generate_events(cfg: SampleConfig, world: World) -> pa.Table:
     """The click log as an EVENTS table sorted by event_time (ties by
     generation order). ``user_id``/``note_id``/``event_type`` come out
@@ -325,7 +394,12 @@ def generate_events(cfg: SampleConfig, world: World) -> pa.Table:
     rng = np.random.default_rng([cfg.seed, 2])
     start_us, end_us = _micros(cfg.window_start), _micros(cfg.window_end)
     n_topics = len(TOPICS)
-    per_impression = 1.0 + P_VIEW + P_VIEW * P_CLICK
+    # Expected views and clicks per impression: an impression is of the user's format with
+    # probability about FEED_COMMUNITY_SHARE + (1 - FEED_COMMUNITY_SHARE) / len(FORMATS).
+    p_own = FEED_COMMUNITY_SHARE + (1.0 - FEED_COMMUNITY_SHARE) / len(FORMATS)
+    p_view = p_own * P_VIEW_OWN_FORMAT + (1 - p_own) * P_VIEW_OTHER_FORMAT
+    p_click = p_own * P_VIEW_OWN_FORMAT * P_CLICK_OWN_FORMAT + (1 - p_own) * P_VIEW_OTHER_FORMAT * P_CLICK_OTHER_FORMAT
+    per_impression = 1.0 + p_view + p_click
     organic_target = cfg.events * (1.0 - BOT_SHARE_OF_EVENTS)
     n_sessions = int(round(organic_target / per_impression / MEAN_IMPRESSIONS))
 
@@ -333,7 +407,11 @@ def generate_events(cfg: SampleConfig, world: World) -> pa.Table:
     cum_activity = np.cumsum(world.user_activity)
     s_user = np.searchsorted(cum_activity, rng.random(n_sessions) * cum_activity[-1], side="right")
     s_user = np.minimum(s_user, len(cum_activity) - 1)
-    s_pick = (rng.random(n_sessions) * world.user_n_interests[s_user]).astype(np.int64)
+    # A user's first interest is their main one: INTEREST_WEIGHTS over the interests they have.
+    weights = np.where(np.arange(3)[None, :] < world.user_n_interests[s_user][:, None],
+                       np.asarray(INTEREST_WEIGHTS)[None, :], 0.0)
+    cum = np.cumsum(weights, axis=1)
+    s_pick = (rng.random(n_sessions)[:, None] * cum[:, -1:] >= cum).sum(axis=1)
     s_topic = world.user_interests[s_user, s_pick]
     off = rng.random(n_sessions) < SESSION_OFF_TOPIC
     s_topic[off] = rng.integers(n_topics, size=int(off.sum()))
@@ -356,21 +434,22 @@ def generate_events(cfg: SampleConfig, world: World) -> pa.Table:
     cum_gaps = np.cumsum(gaps)
     imp_time = s_start[sess] + (cum_gaps - cum_gaps[first][sess])   # first impression at session start
 
-    # Note choice: popularity-weighted among notes of the topic created before the impression.
-    key_scale = np.int64(1) << np.int64(52)
-    base_key = np.int64(world.created_us.min())
-    note_key = world.topic.astype(np.int64) * key_scale + (world.created_us - base_key)
-    order = np.argsort(note_key, kind="stable")
-    sorted_key = note_key[order]
-    cum_pop = np.cumsum(world.popularity[order])
-    lo = np.searchsorted(sorted_key, imp_topic.astype(np.int64) * key_scale)
-    hi = np.searchsorted(sorted_key, imp_topic.astype(np.int64) * key_scale + (imp_time - base_key), side="right")
-    hi = np.maximum(hi, lo + 1)        # every topic has a catalogue note created before the window
-    imp_note = order[_weighted_pick(rng, cum_pop, lo, hi)]
+    # Note choice: popularity-weighted among notes created before the impression, of the
+    # session's topic, or (FEED_COMMUNITY_SHARE) of the topic and the user's format.
+    n_formats = len(FORMATS)
+    from_community = rng.random(n_i) < FEED_COMMUNITY_SHARE
+    u_fmt = world.user_community[imp_user]
+    topic_pick = _pick_created_before(rng, world, world.topic, imp_topic, imp_time)
+    cell_pick = _pick_created_before(rng, world, world.topic * n_formats + world.fmt,
+                                     imp_topic * n_formats + u_fmt, imp_time)
+    # A (topic, format) cell with no note yet falls back to the topic (which always has one).
+    imp_note = np.where(from_community & (cell_pick >= 0), cell_pick, topic_pick)
 
-    # Funnel: impression -> view -> click, each a little later.
-    viewed = rng.random(n_i) < P_VIEW
-    clicked = viewed & (rng.random(n_i) < P_CLICK)
+    # Funnel: impression -> view -> click, each a little later; readers mostly open and
+    # click notes written in their community's format.
+    own = world.fmt[imp_note] == u_fmt
+    viewed = rng.random(n_i) < np.where(own, P_VIEW_OWN_FORMAT, P_VIEW_OTHER_FORMAT)
+    clicked = viewed & (rng.random(n_i) < np.where(own, P_CLICK_OWN_FORMAT, P_CLICK_OTHER_FORMAT))
     view_delay = rng.integers(500_000, 5_000_000, size=n_i)
     click_delay = view_delay + rng.integers(1_000_000, 60_000_000, size=n_i)
 
