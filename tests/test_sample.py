@@ -108,15 +108,21 @@ def _organic_clicks(world, events):
     return users, notes, kinds
 
 
-def test_co_clicked_notes_share_topics_far_more_than_random(world_events):
-    world, events = world_events
+def _co_clicked(world, events):
+    """Human clicks (user, note) sorted by user, and the note pairs of consecutive clicks
+    of one user."""
     users, notes, kinds = _organic_clicks(world, events)
     keep = (kinds == 2) & ~np.isin(users, world.bots)
     u, n = users[keep], notes[keep]
     order = np.lexsort((n, u))
     u, n = u[order], n[order]
-    same_user = u[1:] == u[:-1]                  # consecutive clicks of one user
-    a, b = n[:-1][same_user], n[1:][same_user]
+    same_user = u[1:] == u[:-1]
+    return u, n, n[:-1][same_user], n[1:][same_user]
+
+
+def test_co_clicked_notes_share_topics_far_more_than_random(world_events):
+    world, events = world_events
+    _, _, a, b = _co_clicked(world, events)
     co_same = np.mean(world.topic[a] == world.topic[b])
     rng = np.random.default_rng(0)
     r = rng.integers(CFG.notes, size=(20_000, 2))
@@ -167,13 +173,7 @@ def test_co_clicks_follow_reader_communities_across_topics(world_events):
     """The signal text similarity does not show: consecutive clicks of one user share the
     note format (the user's community) far more often than chance, also across topics."""
     world, events = world_events
-    users, notes, kinds = _organic_clicks(world, events)
-    keep = (kinds == 2) & ~np.isin(users, world.bots)
-    u, n = users[keep], notes[keep]
-    order = np.lexsort((n, u))
-    u, n = u[order], n[order]
-    same_user = u[1:] == u[:-1]
-    a, b = n[:-1][same_user], n[1:][same_user]
+    u, n, a, b = _co_clicked(world, events)
     same_format = world.fmt[a] == world.fmt[b]
     cross_topic = world.topic[a] != world.topic[b]
     chance = 1 / len(sample.FORMATS)
