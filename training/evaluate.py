@@ -75,12 +75,10 @@ def gain_over(new: dict, reference: dict, pairs: list[tuple[str, str]], pool_siz
     cluster bootstrap 95% interval (the pairs of one query note are one cluster: they share
     the query's embedding) and the exact McNemar p-value (notellm.stats.paired_comparison)."""
     clusters = [q for q, _ in pairs]
-    out = {}
-    for k in ks:
-        a = hits_at_k(np.array(new["ranks"]), pool_size, k)
-        b = hits_at_k(np.array(reference["ranks"]), pool_size, k)
-        out[str(k)] = paired_comparison(a, b, seed=seed, clusters=clusters)
-    return out
+    new_ranks, ref_ranks = np.asarray(new["ranks"]), np.asarray(reference["ranks"])
+    return {str(k): paired_comparison(hits_at_k(new_ranks, pool_size, k), hits_at_k(ref_ranks, pool_size, k),
+                                      seed=seed, clusters=clusters)
+            for k in ks}
 
 
 def run(args) -> dict:

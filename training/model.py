@@ -110,9 +110,8 @@ def train_only_top_layers(encoder: NoteEncoder, top_layers: int) -> dict:
     for module in trainable:
         for param in module.parameters():
             param.requires_grad_(True)
-    counts = {"trainable": sum(p.numel() for p in encoder.parameters() if p.requires_grad),
-              "total": sum(p.numel() for p in encoder.parameters())}
-    return counts
+    return {"trainable": sum(p.numel() for p in encoder.parameters() if p.requires_grad),
+            "total": sum(p.numel() for p in encoder.parameters())}
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

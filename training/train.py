@@ -38,7 +38,7 @@ import torch
 
 from notellm.backbone import resolve_backbone
 from notellm.metrics import in_batch_accuracy
-from notellm.precision import cpu_has_native_bf16
+from notellm import precision
 from training.config import TrainConfig, deepspeed_config_path, resolve_deepspeed_config, resolve_zero3_auto
 from training.loss import gather_with_local_grad
 from training.data import batch_examples, load_training_pairs, local_examples
@@ -194,9 +194,9 @@ def train(cfg: TrainConfig, return_model: bool = False):
         from tqdm import tqdm
         bar = tqdm(total=steps, initial=start_step, unit="step", dynamic_ncols=True)
 
-    # "auto": only where the CPU has native bf16 (emulated bf16 is several times slower).
-    cpu_autocast = device.type == "cpu" and (cpu_has_native_bf16() if cfg.cpu_autocast_bf16 == "auto"
-                                             else bool(cfg.cpu_autocast_bf16))
+    # "auto": notellm.precision's policy, so only where the CPU has native bf16.
+    cpu_autocast = device.type == "cpu" and precision.use_bf16(
+        {True: "bf16", False: "fp32", "auto": "auto"}[cfg.cpu_autocast_bf16], "cpu")
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "-1"))
     engine.train()
     t_start = time.perf_counter()
