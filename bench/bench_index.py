@@ -2,7 +2,7 @@
 
     flock /tmp/notellm-heavy.lock .venv/bin/python bench/bench_index.py --n 100000 1000000 --d 128
 
-Synthetic clustered, L2-normalised vectors (``indexing.testing.clustered_vectors``,
+Synthetic clustered, L2-normalised vectors (``tests.support.notes.clustered_vectors``,
 1000 centres). Indexes are built by ``indexing.build.build_index`` exactly as the
 nightly job builds them (IVF nlist = 4 sqrt(n) with nprobe tuned, HNSW M=32 with
 efSearch tuned, both to recall@100 >= 0.97 on 200 tuning queries). Queries are 1000
@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 
 from indexing.build import IndexConfig, build_index, recall_vs_exact
-from indexing.testing import clustered_vectors
+from tests.support.notes import clustered_vectors
 
 
 def main(argv=None) -> int:

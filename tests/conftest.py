@@ -1,23 +1,24 @@
-"""Fixtures shared by every stage's tests: the real-data folder and small
-real models (a tiny randomly initialised Llama with the real SmolLM2 tokenizer)."""
+"""Session-scoped fixtures every package's tests share: the real-data folder,
+the converted backbone, small real models (handed out as copies, so a test
+that writes into its model cannot change another test's) and one Spark session."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from tests.support.paths import SHARED_DATA
 
-# Keep BLAS/torch to the two cores we have and make runs reproducible.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """``../shared/data``; tests that read it skip with the reason when it is absent."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (it lives beside the repository, see README)")
     return SHARED_DATA
@@ -32,7 +33,34 @@ def backbone_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory, backbone_dir) -> Path:
-    from notellm.encoder import tiny_llama
+def _tiny_llama_original(tmp_path_factory, backbone_dir) -> Path:
+    from tests.support.models import tiny_llama
 
     return tiny_llama(tmp_path_factory.mktemp("tiny_llama"), tokenizer_dir=backbone_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(_tiny_llama_original, tmp_path_factory) -> Path:
+    """A copy of a 2-layer random Llama with the real tokenizer, private to one test module."""
+    return Path(shutil.copytree(_tiny_llama_original, tmp_path_factory.mktemp("tiny_llama_copy") / "llama"))
+
+
+@pytest.fixture(scope="session")
+def _tiny_encoder_original(tmp_path_factory, backbone_dir) -> Path:
+    from tests.support.models import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny_encoder"), dim=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_dir(_tiny_encoder_original, tmp_path_factory) -> Path:
+    """A copy of a saved tiny NoteLLM encoder (d=16) on the tiny Llama, private to one test module."""
+    return Path(shutil.copytree(_tiny_encoder_original, tmp_path_factory.mktemp("tiny_encoder_copy") / "model"))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] session for all Spark tests (JVM start-up dominates tiny jobs)."""
+    from jobs.spark_session import build_spark
+
+    return build_spark("notellm-tests", "local[2]", shuffle_partitions=4, driver_memory="2g")

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 
 import pytest
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 INSTALL_FILES = ("constraints.txt", "setup.cfg", "pyproject.toml", "Makefile")
 
 # Roots that only exist on the machine a file was generated on. System tool paths such

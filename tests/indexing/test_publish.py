@@ -15,7 +15,7 @@ import pytest
 from indexing.build import IndexConfig, build_index
 from indexing.publish import STEPS, content_digest, list_snapshots, publish, retention, rollback
 from indexing.snapshot import Snapshot, SnapshotError, current_name, snapshots_dir
-from indexing.testing import clustered_vectors
+from tests.support.notes import clustered_vectors
 
 MODEL = {"model_id": "abcdef0123456789", "path": "/models/x", "template_version": "v1-paper"}
 
@@ -72,7 +72,7 @@ def test_hard_kill_during_pointer_swap(tmp_path):
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {os.getcwd()!r})
-        from tests.test_publish import do_publish
+        from tests.indexing.test_publish import do_publish
         do_publish({str(tmp_path)!r}, seed=2, date="2026-11-25",
                    hook=lambda s: os._exit(9) if s == "pointer_temp_written" else None)
     """)

@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 TRAIN_DATE, TEST_DATE = "2026-11-17", "2026-11-24"
 

@@ -14,7 +14,8 @@ import sys
 import pyarrow as pa
 import pytest
 
-from cooccurrence_helpers import REPO, empty_days, spark, ts, write_events, write_notes  # noqa: F401
+from tests.support.events import empty_days, ts, write_events, write_notes
+from tests.support.paths import REPO
 from jobs import reference, sql_template
 from jobs.cooccurrence import Config, read_pairs, run
 from notellm import contracts

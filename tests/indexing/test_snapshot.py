@@ -8,7 +8,7 @@ import pytest
 from indexing.build import IndexConfig, build_index
 from indexing.publish import content_digest, publish
 from indexing.snapshot import Snapshot
-from indexing.testing import clustered_vectors
+from tests.support.notes import clustered_vectors
 
 MODEL = {"model_id": "0123456789ab", "path": "/m", "template_version": "v1-paper"}
 

@@ -1,5 +1,5 @@
-"""Small real inputs for the indexing tests and the CLI smoke run: a tiny
-random Llama NoteLLM encoder (real tokenizer) and synthetic notes / vectors."""
+"""Synthetic notes and clustered vectors in the real contracts, for the indexing
+tests and the index benchmark."""
 
 from __future__ import annotations
 
@@ -16,17 +16,6 @@ _WORDS = ("coffee espresso grinder beans roast bicycle chain gear brake tyre bee
           "database index query join schema history empire war treaty startup funding pitch market "
           "music chord guitar piano scale printer nozzle filament bed layer").split()
 _CATEGORIES = ("coffee", "bicycles", "beer", "dba", "history", "startups", "music", "3dprinting")
-
-
-def tiny_model(out_dir: str | Path, dim: int = 16, seed: int = 0) -> Path:
-    """Build and save a tiny NoteLLM encoder; returns the model directory."""
-    from notellm.backbone import ensure_default_backbone
-    from notellm.encoder import NoteEncoder, tiny_llama
-    out_dir = Path(out_dir)
-    backbone = tiny_llama(out_dir / "tiny-backbone", ensure_default_backbone(), seed=seed)
-    encoder = NoteEncoder.build(backbone, dim=dim, seed=seed)
-    encoder.save(out_dir / "model")
-    return out_dir / "model"
 
 
 def synthetic_note(i: int, rng: random.Random, version: int = 0) -> dict:
@@ -63,14 +52,3 @@ def clustered_vectors(n: int, d: int, clusters: int = 64, noise: float = 0.35, s
     x = centres[rng.integers(0, clusters, n)] + noise * rng.standard_normal((n, d)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32)
-
-
-_MODEL_CACHE: dict = {}
-
-
-def cached_tiny_model(dim: int = 16) -> Path:
-    """One tiny model per test process (building one takes a few seconds)."""
-    import tempfile
-    if dim not in _MODEL_CACHE:
-        _MODEL_CACHE[dim] = tiny_model(Path(tempfile.mkdtemp(prefix="notellm-tiny-")), dim=dim)
-    return _MODEL_CACHE[dim]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from jobs.spark_session import CDS_ARCHIVE_ENV, cds_java_options
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_options_unchanged_without_archive(tmp_path, monkeypatch):

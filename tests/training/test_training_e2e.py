@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from notellm.encoder import NoteEncoder, tiny_llama
+from notellm.encoder import NoteEncoder
 from training.config import TrainConfig
-from training.synthetic import write_dataset
+from tests.support.models import tiny_llama
+from tests.support.pairs import write_dataset
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 
 

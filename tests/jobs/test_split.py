@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from cooccurrence_helpers import empty_days, spark, ts, write_events, write_notes  # noqa: F401
+from tests.support.events import empty_days, ts, write_events, write_notes
 from jobs import cooccurrence, split
 from notellm import contracts
 

@@ -11,14 +11,14 @@ import pytest
 
 from indexing.embed import (EmbedConfig, embed_corpus, embed_multiprocess, existing_shards, finalize,
                             load_embeddings, make_plan)
-from indexing.testing import cached_tiny_model, make_notes, notes_table, synthetic_note, write_notes
+from tests.support.notes import make_notes, notes_table, synthetic_note, write_notes
 from notellm.contracts import ContractError, require_success
 from notellm.encoder import NoteEncoder
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    return NoteEncoder.load(cached_tiny_model())
+def encoder(tiny_encoder_dir):
+    return NoteEncoder.load(tiny_encoder_dir)
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +159,9 @@ def test_stale_store_is_refused_by_the_reader(tmp_path, encoder, notes):
 
 
 @pytest.mark.slow
-def test_multiprocess_cpu_workers(tmp_path, encoder, notes):
+def test_multiprocess_cpu_workers(tmp_path, encoder, notes, tiny_encoder_dir):
     notes_path = write_notes(notes[:12], tmp_path / "notes" / "notes.parquet")
-    stats = embed_multiprocess(cached_tiny_model(), notes_path, tmp_path / "emb", cfg(shard_size=3), num_procs=2)
+    stats = embed_multiprocess(tiny_encoder_dir, notes_path, tmp_path / "emb", cfg(shard_size=3), num_procs=2)
     assert stats["embedded"] == 12 and stats["shards_written"] == 4
     _, vecs = store(tmp_path / "emb", encoder, notes[:12])
     ref = encoder.embed_notes(sorted(notes[:12], key=lambda n: n["note_id"]), batch_size=8)

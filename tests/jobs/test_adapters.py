@@ -15,8 +15,6 @@ from jobs.sources import movielens, stackexchange
 from jobs.sources.stackexchange import parse_tags, site_name, strip_html
 from notellm.contracts import EVENTS, NOTES, QUARANTINE, RELATED_LINKS, read_table, require_success
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SE_DATA, ML_DATA = DATA / "stackexchange", DATA / "movielens-latest-small"
 UTC = dt.timezone.utc
 
 
@@ -121,11 +119,9 @@ SE_SUBSET = ["beer", "htw.meta", "datascience.meta", "startups.meta-2017", "meta
 
 
 @pytest.fixture(scope="module")
-def se_real(tmp_path_factory):
-    if not SE_DATA.is_dir():
-        pytest.skip(f"real Stack Exchange data absent at {SE_DATA}")
+def se_real(tmp_path_factory, stackexchange_data):
     out = tmp_path_factory.mktemp("se")
-    return out, stackexchange.convert(SE_DATA, out, SE_SUBSET)
+    return out, stackexchange.convert(stackexchange_data, out, SE_SUBSET)
 
 
 def test_stackexchange_real_subset(se_real):
@@ -166,24 +162,20 @@ def test_stackexchange_real_subset(se_real):
 
 
 @pytest.mark.slow
-def test_stackexchange_all_sites(tmp_path):
-    if not SE_DATA.is_dir():
-        pytest.skip(f"real Stack Exchange data absent at {SE_DATA}")
-    stats = stackexchange.convert(SE_DATA, tmp_path, ["all"])
+def test_stackexchange_all_sites(tmp_path, stackexchange_data):
+    stats = stackexchange.convert(stackexchange_data, tmp_path, ["all"])
     assert len(stats["sites"]) == 26
     assert stats["rows_in"] == stats["rows_accepted"] + stats["rows_ignored"] + stats["rows_quarantined"]
     assert stats["notes"] > 8500 and stats["events"] > 50_000 and stats["related_links"] > 1000
 
 
 @pytest.fixture(scope="module")
-def ml_real(tmp_path_factory):
-    if not ML_DATA.is_dir():
-        pytest.skip(f"real MovieLens data absent at {ML_DATA}")
+def ml_real(tmp_path_factory, movielens_data):
     out = tmp_path_factory.mktemp("ml")
-    return out, movielens.convert(ML_DATA, out)
+    return out, movielens.convert(movielens_data, out)
 
 
-def test_movielens_real(ml_real):
+def test_movielens_real(ml_real, movielens_data):
     out, stats = ml_real
     f = stats["files"]
     for x in f.values():
@@ -198,7 +190,7 @@ def test_movielens_real(ml_real):
     assert "Animation" in toy["content"] and "pixar" in toy["content"]
     # hashtags against an independent reference built with the csv module
     counts: dict[str, Counter] = {}
-    with (ML_DATA / "tags.csv").open(newline="", encoding="utf-8") as fh:
+    with (movielens_data / "tags.csv").open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             if row["tag"].strip():
                 counts.setdefault(f"ml:{row['movieId']}", Counter())[row["tag"].strip().lower()] += 1

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from notellm.encoder import NoteEncoder, tiny_llama
+from notellm.encoder import NoteEncoder
+from tests.support.models import tiny_llama
 from training.model import NoteLLMTrainModel, train_only_top_layers
 from training.config import TrainConfig
 

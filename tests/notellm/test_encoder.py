@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from notellm.encoder import NoteEncoder, tiny_llama
+from notellm.encoder import NoteEncoder
+from tests.support.models import tiny_llama
 from notellm.prompts import EMB_TOKEN
 
 NOTES = [

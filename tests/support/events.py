@@ -1,5 +1,5 @@
-"""Shared fixtures for the co-occurrence and split tests (imported by
-tests/test_cooccurrence*.py and tests/test_split.py; not a conftest)."""
+"""Small hand-written click logs and notes files in the real contracts, for the
+co-occurrence and split tests."""
 
 from __future__ import annotations
 
@@ -8,22 +8,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pyarrow as pa
-import pytest
 
 from notellm import contracts
 
 UTC = dt.timezone.utc
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-@pytest.fixture(scope="session")
-def spark():
-    """One local[2] session for all Spark tests (JVM start-up dominates tiny jobs)."""
-    from jobs.spark_session import build_spark
-
-    # getOrCreate: test modules importing this fixture share the same JVM session.
-    return build_spark("notellm-tests", "local[2]", shuffle_partitions=4, driver_memory="2g")
 
 
 def ts(day: str, hh: int = 0, mm: int = 0, ss: int = 0) -> dt.datetime:

@@ -9,7 +9,7 @@ from notellm.contracts import ContractError
 from training.config import TrainConfig, resolve_deepspeed_config
 from training.data import assign_tasks, batch_examples, clean_pairs, load_training_pairs, local_examples
 from training.sampler import UniqueNoteBatchSampler, plan_epoch
-from training.synthetic import make_notes_and_pairs, write_dataset
+from tests.support.pairs import make_notes_and_pairs, write_dataset
 
 
 def star_pairs(n=60):

@@ -11,8 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
 EXPECTED = {"notellm_pair_mining", "notellm_retraining", "notellm_nightly_index"}
 

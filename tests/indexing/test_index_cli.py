@@ -18,11 +18,12 @@ from indexing.gate import GateConfig, GateFailed
 from indexing.pipeline import NightlyConfig, run_nightly
 from indexing.embed import EmbedConfig
 from indexing.snapshot import Snapshot, current_name
-from indexing.testing import cached_tiny_model, make_notes, tiny_model, write_notes
+from tests.support.models import tiny_model
+from tests.support.notes import make_notes, write_notes
 from notellm.contracts import PAIRS, POOL, write_table
 from notellm.registry import register
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def cli_inprocess(capsys, *args):
@@ -45,8 +46,8 @@ def cli(*args, check=True):
 
 
 @pytest.mark.slow
-def test_cli_publish_info_neighbors_search_rollback(tmp_path, capsys):
-    model_dir = cached_tiny_model()
+def test_cli_publish_info_neighbors_search_rollback(tmp_path, capsys, tiny_encoder_dir):
+    model_dir = tiny_encoder_dir
     notes = make_notes(24, seed=4)
     notes_path = write_notes(notes, tmp_path / "notes" / "notes.parquet")
     models_root = tmp_path / "models"
@@ -92,8 +93,8 @@ def test_cli_publish_info_neighbors_search_rollback(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_recall_gate_refuses_a_worse_model_and_keeps_current(tmp_path):
-    good = cached_tiny_model()
+def test_recall_gate_refuses_a_worse_model_and_keeps_current(tmp_path, tiny_encoder_dir):
+    good = tiny_encoder_dir
     worse = tiny_model(tmp_path / "worse", seed=1)
     notes = make_notes(40, seed=8)
     notes_path = write_notes(notes, tmp_path / "notes.parquet")
