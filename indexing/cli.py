@@ -26,7 +26,7 @@ from pathlib import Path
 
 import contextlib
 
-from notellm.contracts import EXIT_BAD_INPUT, EXIT_GATE_FAILED  # noqa: F401  (the DAGs rely on these codes)
+from notellm.cli import EXIT_BAD_INPUT, EXIT_GATE_FAILED
 
 
 _OUT = sys.stdout

@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from indexing.build import BuiltIndex
-from indexing.files import fsync_dir, fsync_file, pid_alive, sha256_file, write_bytes_durable
+from notellm.files import fsync_dir, fsync_file, pid_alive, sha256_file, write_bytes_durable
 from indexing.snapshot import (CURRENT, IDS_FILE, INDEX_FILE, MANIFEST, Snapshot, SnapshotError, check_name,
                                current_name, read_manifest, snapshots_dir)
 from notellm.contracts import IDS, MANIFEST_FORMAT_VERSION, validate_manifest, write_table

@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 
 from indexing.build import apply_search_params, normalize
-from indexing.files import sha256_file
+from notellm.files import sha256_file
 from notellm.contracts import IDS, ContractError, read_table, validate_manifest
 
 SNAPSHOTS = "snapshots"

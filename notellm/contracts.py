@@ -24,13 +24,6 @@ import pyarrow.parquet as pq
 
 UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
 
-# Exit codes of every stage command (the DAGs rely on them): bad input is not
-# worth a retry of the same data; a quality-gate refusal keeps the live
-# model / snapshot and must not be retried either.
-EXIT_BAD_INPUT = 2
-EXIT_GATE_FAILED = 3
-
-
 class ContractError(ValueError):
     """Raised when data does not match its contract. The message names the
     file (or source), the column and the problem."""

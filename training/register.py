@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from notellm.contracts import EXIT_GATE_FAILED
+from notellm.cli import EXIT_GATE_FAILED
 from notellm.encoder import SIDECAR
 from notellm.registry import current_approved, register
 

@@ -98,7 +98,7 @@ def test_gate_exit_code_matches_the_stages_contract():
         import notellm_common
     finally:
         sys.path.remove(str(DAGS))
-    from notellm.contracts import EXIT_GATE_FAILED
+    from notellm.cli import EXIT_GATE_FAILED
 
     assert notellm_common.GATE_FAILED_EXIT == EXIT_GATE_FAILED
 

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from indexing.files import sha256_file
+from notellm.files import sha256_file
 from indexing.gate import GateConfig, GateFailed
 from indexing.pipeline import NightlyConfig, run_nightly
 from indexing.embed import EmbedConfig
