@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        kind, inner = _kind(hints[f.name])
+        kind, _ = _kind(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         shown = "required" if _required(f) else f"default: {_show(defaults(cls).get(f.name))}"
         help_text = f"{f.metadata.get(_HELP, '')} ({shown})".replace("%", "%%")
@@ -87,7 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif kind is list:
-            parser.add_argument(flag, nargs="*", type=_scalar_parser(inner, f.name), metavar=f.name.upper(), **kwargs)
+            # space- or comma-separated: --ks 10 50 100 or --ks 10,50,100
+            parser.add_argument(flag, nargs="+", metavar=f.name.upper(), **kwargs)
         else:
             if not kwargs.get("choices"):
                 kwargs["metavar"] = f.name.upper()
@@ -197,9 +198,10 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
         inner = (typing.get_args(tp) or (Any,))[0]
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: {value!r} is not a list")
+        value = [part for v in value for part in (v.split(",") if isinstance(v, str) else [v]) if part != ""]
         items = [coerce(v, inner, where) for v in value]
         return tuple(items) if (origin is tuple or tp is tuple) else items
     if origin is typing.Literal:

@@ -1,80 +1,76 @@
-"""Training configuration: a dataclass read from JSON, with ``--set key=value`` overrides."""
+"""Training configuration: one dataclass (the help of every setting lives here),
+read from JSON/YAML with ``--set key=value`` overrides by :mod:`notellm.config`.
+
+Importable without torch: the retraining DAG derives its Param defaults from it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+
+from notellm import config as configs
+from notellm.config import option
+from notellm.prompts import (DEFAULT_CONTENT_TOKENS, DEFAULT_TEMPLATE_VERSION, DEFAULT_TITLE_TOKENS,
+                             TEMPLATE_VERSIONS)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclasses.dataclass
 class TrainConfig:
+    """Fine-tune NoteLLM (GCL + CSFT) with DeepSpeed; defaults are the paper's (Sec. 4)."""
+
     # data
-    pairs: str = ""                    # a PAIRS partition dir <pairs_root>/dt=YYYY-MM-DD (needs _SUCCESS)
-    notes: str = ""                    # NOTES file or its root (<root>/notes/notes.parquet)
-    max_missing_fraction: float = 0.05 # refuse data when more pairs than this reference unknown notes
-    output_dir: str = ""
-    # model (NoteLLM defaults, paper Sec. 4)
-    backbone: str = "smollm2"          # 'smollm2' or a HF causal-LM directory
-    dim: int = 128
-    template_version: str = "v1-paper"
-    max_title_tokens: int = 20
-    max_content_tokens: int = 80
-    tau_init: float = 3.0
-    alpha: float = 0.01
-    r: float = 0.4
-    train_top_layers: int = 0          # 0 = every weight (the paper); N = only the top N blocks + norm + projection
+    pairs: str = option(help="a PAIRS partition dir <pairs_root>/dt=YYYY-MM-DD (needs _SUCCESS)")
+    notes: str = option(help="NOTES file or its root (<root>/notes/notes.parquet)")
+    output_dir: str = option(help="run directory: model/, checkpoints/, train_log.jsonl, metrics.json")
+    max_missing_fraction: float = option(0.05, help="refuse the data when more pairs than this reference unknown notes")
+    # model
+    backbone: str = option("smollm2", help="'smollm2' (the shipped GGUF) or a Hugging Face causal-LM directory")
+    dim: int = option(128, help="embedding dimension of the projection after the [EMB] state")
+    template_version: str = option(DEFAULT_TEMPLATE_VERSION, help="Note Compression Prompt template",
+                                   choices=TEMPLATE_VERSIONS)
+    max_title_tokens: int = option(DEFAULT_TITLE_TOKENS, help="title budget in tokens inside the prompt")
+    max_content_tokens: int = option(DEFAULT_CONTENT_TOKENS, help="content budget in tokens inside the prompt")
+    tau_init: float = option(3.0, help="initial temperature of the contrastive loss (learned)")
+    alpha: float = option(0.01, help="weight of the generation loss: L = (L_cl + alpha * L_gen) / (1 + alpha)")
+    r: float = option(0.4, help="share of training examples that use the category task (the rest: hashtags)")
+    train_top_layers: int = option(0, help="0 = every weight (the paper); N = only the top N blocks, final norm "
+                                           "and projection")
     # optimisation
-    batch_pairs: int = 16              # B pairs = 2B notes per global batch
-    lr: float = 3e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_steps: int | None = None       # when set, wins over epochs
-    epochs: float = 1.0
-    grad_clip: float = 1.0
-    seed: int = 0
+    batch_pairs: int = option(16, help="B related pairs = 2B notes per global batch")
+    lr: float = option(3e-5, help="peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, help="AdamW weight decay (not applied to norms, biases, tau)")
+    warmup_steps: int = option(0, help="linear warm-up steps, then linear decay to 0")
+    max_steps: int | None = option(None, help="stop after this many steps; wins over epochs")
+    epochs: float = option(1.0, help="passes over the pairs (fractions allowed)")
+    grad_clip: float = option(1.0, help="gradient clipping norm")
+    seed: int = option(0, help="seed of initialisation, batches and task sampling")
     # runtime
-    deepspeed_config: str = "zero2"    # 'zero2', 'zero3' or a JSON path
-    bf16: str | bool = "auto"          # auto: bf16 on CUDA, fp32 on CPU
-    cpu_autocast_bf16: bool | str = False  # bf16 autocast on CPU; "auto" = where the CPU has native bf16
-    save_every: int = 100              # DeepSpeed checkpoint every N steps (and at the end)
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    progress_bar: str | bool = "auto"  # tqdm when stderr is a terminal
+    deepspeed_config: str = option("zero2", help="'zero2', 'zero3' or the path of a DeepSpeed JSON config")
+    bf16: str | bool = option("auto", help="bf16 weights: auto = on CUDA only; true / false")
+    cpu_autocast_bf16: bool | str = option(False, help="bf16 autocast on CPU: true, false or auto (where the CPU "
+                                                       "has native bf16)")
+    save_every: int = option(100, help="DeepSpeed checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = option(2, help="checkpoints kept (older ones are pruned)")
+    log_every: int = option(10, help="log line and in-batch accuracy every N steps")
+    progress_bar: str | bool = option("auto", help="tqdm bar: auto = when stderr is a terminal; true / false")
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] | None = None) -> "TrainConfig":
-        data: dict[str, Any] = {}
-        if path:
-            data = json.loads(Path(path).read_text())
-            if not isinstance(data, dict):
-                raise ValueError(f"{path}: a training config is a JSON object")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"{path}: unknown config key(s) {unknown}; known: {sorted(known)}")
+        """The config of a JSON/YAML file plus ``key=value`` overrides (ConfigError names the key)."""
+        data = configs.read_file(path) if path else {}
         for item in overrides or []:
             if "=" not in item:
-                raise ValueError(f"--set expects key=value, got {item!r}")
+                raise configs.ConfigError(f"--set expects key=value, got {item!r}")
             key, raw = item.split("=", 1)
-            if key not in known:
-                raise ValueError(f"--set {key}: unknown config key; known: {sorted(known)}")
-            data[key] = _parse_value(raw)
-        cfg = cls(**data)
-        cfg.validate()
-        return cfg
+            data[key] = configs.parse_value(raw)
+        return configs.build(cls, data, source=str(path) if path else "overrides")
 
     def validate(self) -> None:
         problems = []
-        if not self.pairs:
-            problems.append("pairs is required")
-        if not self.notes:
-            problems.append("notes is required")
-        if not self.output_dir:
-            problems.append("output_dir is required")
         if not 0.0 <= self.r <= 1.0:
             problems.append(f"r={self.r} must be in [0, 1]")
         if self.alpha < 0:
@@ -94,14 +90,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _parse_value(raw: str):
-    """JSON when it parses (numbers, true/false/null, lists), else the plain string."""
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
 
 
 def deepspeed_config_path(name: str) -> Path:

@@ -19,8 +19,7 @@ system's ``ranks`` lists the target's rank per test pair.
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import logging
 import sys
 import time
@@ -28,14 +27,37 @@ from pathlib import Path
 
 import numpy as np
 
+from notellm import cli
+from notellm.config import option
 from notellm.contracts import POOL, read_table, require_success
+from notellm.files import atomic_write_json
 from notellm.metrics import in_batch_accuracy, recall_at_k, test_set_fingerprint
 from notellm.precision import PRECISIONS, use_bf16
 from notellm.stats import hits_at_k, paired_comparison
 from training.data import clean_pairs, load_notes, load_pairs
 from training.sampler import plan_epoch
 
-log = logging.getLogger("training.evaluate")
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """Recall@K and in-batch accuracy of a trained NoteLLM model (and baselines) on held-out pairs."""
+
+    model: str = option(help="model directory written by training (RUN/model)")
+    pairs: str = option(help="held-out PAIRS partition dir (needs _SUCCESS)")
+    pool: str = option(help="POOL file or partition dir")
+    notes: str = option(help="NOTES file or root")
+    backbone_baseline: bool = option(False, help="also evaluate the untrained backbone (and the gain over it)")
+    approved_root: str | None = option(None, help="also evaluate the approved model of this models root")
+    ks: list[int] = option(default_factory=lambda: [10, 50, 100, 1000], help="the K of Recall@K (comma list)")
+    batch_pairs: int = option(16, help="pairs per batch for the in-batch accuracy")
+    batch_size: int = option(32, help="embedding batch size")
+    limit_pairs: int | None = option(None, help="evaluate only the first N test pairs")
+    precision: str = option("auto", choices=PRECISIONS,
+                            help="embedding precision (notellm.precision: auto = bf16 on GPU and on CPUs with "
+                                 "native bf16)")
+    out: str | None = option(None, help="write the full evaluation JSON here (the result line then summarises)")
 
 
 def load_pool(path: str | Path) -> list[str]:
@@ -92,14 +114,14 @@ def run(args) -> dict:
     pairs, report = clean_pairs(raw_pairs, notes)
     missing_pool = [n for n in pool if n not in notes]
     if missing_pool:
-        raise SystemExit(f"{args.pool}: {len(missing_pool)} pool notes are missing from {args.notes}, "
-                         f"e.g. {missing_pool[:5]}")
+        raise cli.BadInput(f"{args.pool}: {len(missing_pool)} pool notes are missing from {args.notes}, "
+                           f"e.g. {missing_pool[:5]}")
     if args.limit_pairs:
         pairs = pairs[:args.limit_pairs]
     log.info("test pairs: %s; pool %d notes", report.summary(), len(pool))
     if not pairs:
-        raise SystemExit(f"{args.pairs}: no usable test pairs ({report.summary()})")
-    ks = tuple(int(k) for k in args.ks.split(","))
+        raise cli.BadInput(f"{args.pairs}: no usable test pairs ({report.summary()})")
+    ks = tuple(int(k) for k in args.ks)
     result = {"test_pairs": len(pairs), "pool_size": len(pool), "ks": list(ks),
               "test_fingerprint": test_set_fingerprint(pairs, pool), "pairs_report": report.__dict__,
               "test_window": {"start": meta.get("window_start"), "end": meta.get("window_end")}}
@@ -136,31 +158,23 @@ def run(args) -> dict:
     return result
 
 
+def summary(result: dict) -> dict:
+    """The evaluation without the per-pair ranks (the result line when --out holds the whole)."""
+    return {k: ({kk: vv for kk, vv in v.items() if kk != "ranks"} if isinstance(v, dict) else v)
+            for k, v in result.items()}
+
+
+def _run(cfg: EvaluateConfig, timer: cli.Timer) -> dict:
+    with timer.phase("evaluate"):
+        result = run(cfg)
+    if cfg.out:
+        atomic_write_json(cfg.out, result)
+        return {"out": str(cfg.out), **summary(result)}
+    return result
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="model directory written by training (RUN/model)")
-    p.add_argument("--pairs", required=True, help="held-out PAIRS partition dir (needs _SUCCESS)")
-    p.add_argument("--pool", required=True, help="POOL file or partition dir")
-    p.add_argument("--notes", required=True, help="NOTES file or root")
-    p.add_argument("--backbone-baseline", action="store_true", help="also evaluate the untrained backbone")
-    p.add_argument("--approved-root", default=None, help="also evaluate the approved model of this models root")
-    p.add_argument("--ks", default="10,50,100,1000")
-    p.add_argument("--batch-pairs", type=int, default=16, help="pairs per batch for in-batch accuracy")
-    p.add_argument("--batch-size", type=int, default=32, help="embedding batch size")
-    p.add_argument("--limit-pairs", type=int, default=None)
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="embedding precision (notellm.precision: auto = bf16 on GPU and on CPUs with native bf16)")
-    p.add_argument("--out", default=None, help="write the JSON here (also printed)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    result = run(args)
-    text = json.dumps(result, indent=2, default=str)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    print(text)
-    return 0
+    return cli.main(_run, EvaluateConfig, argv, prog="python -m training.evaluate")
 
 
 if __name__ == "__main__":

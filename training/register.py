@@ -16,21 +16,35 @@ The gate (all must hold, on the evaluation JSON of ``training.evaluate``):
    metrics when its test fingerprint equals this one).
 
 Every decision is recorded with notellm.registry.register (approved or not,
-with the reason). Exit code 0 when approved, 2 when the gate fails.
+with the reason). Exit code 0 when approved, 3 (notellm.cli.EXIT_GATE_FAILED)
+when the gate refuses, 2 when the evaluation does not belong to the model.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from notellm.cli import EXIT_GATE_FAILED
+from notellm import cli
+from notellm.config import option
 from notellm.encoder import SIDECAR
 from notellm.registry import current_approved, register
 
-GATE_FAILED = EXIT_GATE_FAILED
+
+@dataclasses.dataclass
+class RegisterConfig:
+    """Quality gate of a trained model; registers it as APPROVED when it passes."""
+
+    model: str = option(help="model directory written by training (RUN/model)")
+    metrics: str = option(help="evaluation JSON written by training.evaluate --out")
+    models_root: str = option(help="models root holding APPROVED.json and registry.jsonl")
+    k: int = option(100, help="the K of the Recall@K the gate compares")
+    min_recall: float = option(0.0, help="absolute floor of Recall@K")
+    max_regression: float = option(0.01, help="largest allowed Recall@K drop below the approved model")
+    baseline_required: bool = option(True, help="require the backbone baseline in the evaluation "
+                                                "(--no-baseline-required to skip)")
 
 
 def decide(metrics: dict, k: int, min_recall: float, max_regression: float, approved_record: dict | None,
@@ -73,34 +87,26 @@ def decide(metrics: dict, k: int, min_recall: float, max_regression: float, appr
     return ok, reasons
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.register", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--metrics", required=True, help="evaluation JSON written by training.evaluate --out")
-    p.add_argument("--models-root", required=True)
-    p.add_argument("--k", type=int, default=100)
-    p.add_argument("--min-recall", "--min-recall-at", dest="min_recall", type=float, default=0.0)
-    p.add_argument("--max-regression", type=float, default=0.01)
-    p.add_argument("--no-baseline-required", action="store_true")
-    args = p.parse_args(argv)
-    model_dir = Path(args.model)
+def _run(cfg: RegisterConfig, timer: cli.Timer) -> dict:
+    model_dir = Path(cfg.model)
     sidecar = json.loads((model_dir / SIDECAR).read_text())
-    metrics = json.loads(Path(args.metrics).read_text())
+    metrics = json.loads(Path(cfg.metrics).read_text())
     if metrics.get("model", {}).get("model_id") not in (None, sidecar["model_id"]):
-        print(f"error: {args.metrics} evaluates model {metrics['model']['model_id']}, "
-              f"but {model_dir} is {sidecar['model_id']}", file=sys.stderr)
-        return GATE_FAILED
-    ok, reasons = decide(metrics, args.k, args.min_recall, args.max_regression, current_approved(args.models_root),
-                         baseline_required=not args.no_baseline_required)
+        raise cli.BadInput(f"{cfg.metrics}: evaluates model {metrics['model']['model_id']}, "
+                           f"but {model_dir} is {sidecar['model_id']}")
+    ok, reasons = decide(metrics, cfg.k, cfg.min_recall, cfg.max_regression, current_approved(cfg.models_root),
+                         baseline_required=cfg.baseline_required)
     reason = "; ".join(reasons)
-    record = register(args.models_root, model_dir, sidecar["model_id"], metrics, approved=ok, reason=reason,
+    record = register(cfg.models_root, model_dir, sidecar["model_id"], metrics, approved=ok, reason=reason,
                       data_window=sidecar.get("data_window"))
-    print(json.dumps({"approved": ok, "reason": reason, "model_id": record["model_id"],
-                      "model_dir": record["model_dir"]}))
+    result = {"approved": ok, "reason": reason, "model_id": record["model_id"], "model_dir": record["model_dir"]}
     if not ok:
-        print(f"quality gate FAILED for {model_dir}: {reason}", file=sys.stderr)
-        return GATE_FAILED
-    return 0
+        raise cli.GateRefused(f"quality gate refused {model_dir}: {reason}", result)
+    return result
+
+
+def main(argv=None) -> int:
+    return cli.main(_run, RegisterConfig, argv, prog="python -m training.register")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def test_config_overrides_and_auto_resolution(tmp_path):
     path.write_text(json.dumps({"pairs": "p", "notes": "n", "output_dir": "o"}))
     cfg = TrainConfig.load(path, ["batch_pairs=8", "lr=1e-4", "deepspeed_config=zero3"])
     assert cfg.batch_pairs == 8 and cfg.lr == 1e-4 and cfg.r == 0.4 and cfg.alpha == 0.01 and cfg.tau_init == 3.0
-    with pytest.raises(ValueError, match="unknown config key"):
+    with pytest.raises(ValueError, match="unknown setting"):
         TrainConfig.load(path, ["bogus=1"])
     with pytest.raises(ValueError, match="r=2"):
         TrainConfig.load(path, ["r=2"])

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from notellm.cli import EXIT_GATE_FAILED
 from notellm.encoder import NoteEncoder
 from training.config import TrainConfig
 from tests.support.models import tiny_llama
@@ -163,7 +164,7 @@ def test_evaluate_register_generate_commands(full_run, setup, tmp_path, capsys):
     assert set(ev) >= {"model", "backbone"} and 0 <= ev["model"]["recall"]["5"] <= 1
     models = tmp_path / "models"
     assert register.main(["--model", model, "--metrics", str(out), "--models-root", str(models), "--k", "10",
-                          "--min-recall", "1.01"]) == register.GATE_FAILED
+                          "--min-recall", "1.01"]) == EXIT_GATE_FAILED
     from notellm.registry import current_approved, history
     assert current_approved(models) is None and history(models)[-1]["approved"] is False
     assert register.main(["--model", model, "--metrics", str(out), "--models-root", str(models), "--k", "10",
@@ -172,9 +173,12 @@ def test_evaluate_register_generate_commands(full_run, setup, tmp_path, capsys):
     capsys.readouterr()
     assert generate.main(["--model", model, "--notes", str(data), "--task", "category", "--constrained",
                           "--limit", "3"]) == 0
-    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
     cats = {"coffee", "bicycles", "beer", "economics"}
-    assert all(row["generated"] in cats for row in lines[:-1]) and lines[-1]["summary"]["notes"] == 3
+    assert len(result["generations"]) == 3 and all(row["generated"] in cats for row in result["generations"])
+    assert result["summary"]["notes"] == 3 and result["status"] == "ok"
 
 
 def test_top_layers_run_resumes_after_kill_from_its_trainable_weights(setup):

@@ -1,0 +1,277 @@
+"""The NoteLLM trainer on DeepSpeed ZeRO: setup, resume, one step, checkpoint, export.
+
+``training/train.py`` is the thin driver around it. One :class:`Trainer` per
+run; every rank builds one, rank 0 writes the files. The loss is GCL + CSFT
+(``training/model.py``); a global batch of ``batch_pairs`` unique-note pairs is
+split over the ranks and the contrastive loss sees the whole batch through an
+all-gather (``training/loss.py``), so gradient accumulation is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from notellm import precision
+from notellm.backbone import resolve_backbone
+from notellm.files import atomic_path, atomic_write_json
+from notellm.metrics import in_batch_accuracy
+from training.config import TrainConfig, deepspeed_config_path, resolve_deepspeed_config, resolve_zero3_auto
+from training.data import batch_examples, load_training_pairs, local_examples
+from training.loss import gather_with_local_grad
+from training.model import NoteLLMTrainModel, parameter_groups, train_only_top_layers, unwrap_encoder_state
+from training.sampler import UniqueNoteBatchSampler
+
+log = logging.getLogger(__name__)
+
+# Test hook: exit abruptly (like SIGKILL, no cleanup) right after this step.
+KILL_AFTER_ENV = "NOTELLM_TRAIN_KILL_AFTER_STEP"
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warm-up to the peak, then linear decay to 0 at ``total`` steps:
+    ``f(s) = (s + 1) / warmup`` for ``s < warmup``, else ``max(0, (total - s) / (total - warmup))``."""
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+def total_steps(cfg: TrainConfig, sampler: UniqueNoteBatchSampler) -> int:
+    if cfg.max_steps is not None:
+        return int(cfg.max_steps)
+    whole = int(math.floor(cfg.epochs))
+    steps = sum(sampler.steps_per_epoch(e) for e in range(whole))
+    steps += int(round((cfg.epochs - whole) * sampler.steps_per_epoch(whole)))
+    return max(1, steps)
+
+
+class JsonlLog:
+    """train_log.jsonl, truncated to the resumed step so a restart never duplicates rows."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        rows = []
+        if path.exists():
+            rows = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(r + "\n" for r in rows))
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def rows(self) -> list[dict]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()]
+
+
+def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
+    tags = sorted((p for p in ckpt_dir.glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
+    for old in tags[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class Trainer:
+    """Call :meth:`setup`, :meth:`resume`, :meth:`fit`, then :meth:`export`."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out_dir = Path(cfg.output_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.start_step = 0
+        self.notes_done = self.tokens_done = 0
+        self.wall_s = 0.0
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        import deepspeed
+        import torch.distributed as dist
+        from deepspeed.accelerator import get_accelerator
+
+        cfg = self.cfg
+        accelerator = get_accelerator()
+        deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), verbose=False)
+        self.dist = dist
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        on_cuda = accelerator.device_name() == "cuda"
+        self.use_bf16 = on_cuda if cfg.bf16 == "auto" else bool(cfg.bf16)
+        if not on_cuda and self.world > 1 and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.world))
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._setup_data()
+        self._setup_model(deepspeed)
+        self.device = self.engine.device
+        # "auto": notellm.precision's policy, so only where the CPU has native bf16.
+        self.cpu_autocast = self.device.type == "cpu" and precision.use_bf16(
+            {True: "bf16", False: "fp32", "auto": "auto"}[cfg.cpu_autocast_bf16], "cpu")
+
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        self.pairs, self.notes, self.report = load_training_pairs(cfg.pairs, cfg.notes, cfg.max_missing_fraction)
+        if self.rank == 0:
+            log.info("data: %s", self.report.summary())
+            atomic_write_json(self.out_dir / "data_report.json", self.report.__dict__)
+        self.sampler = UniqueNoteBatchSampler(self.pairs, cfg.batch_pairs, cfg.seed, self.world, self.rank)
+        self.steps = total_steps(cfg, self.sampler)
+
+    def _setup_model(self, deepspeed) -> None:
+        from notellm.encoder import NoteEncoder
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.encoder = NoteEncoder.build(resolve_backbone(cfg.backbone), dim=cfg.dim,
+                                         template_version=cfg.template_version,
+                                         max_title_tokens=cfg.max_title_tokens,
+                                         max_content_tokens=cfg.max_content_tokens, seed=cfg.seed)
+        if cfg.train_top_layers:
+            counts = train_only_top_layers(self.encoder, cfg.train_top_layers)
+            if self.rank == 0:
+                log.info("training the top %d blocks only: %d of %d parameters", cfg.train_top_layers,
+                         counts["trainable"], counts["total"])
+        model = NoteLLMTrainModel(self.encoder, tau_init=cfg.tau_init, alpha=cfg.alpha)
+        optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
+                                      eps=1e-8)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, self.steps))
+        ds = resolve_deepspeed_config(json.loads(deepspeed_config_path(cfg.deepspeed_config).read_text()),
+                                      cfg, self.world, self.use_bf16)
+        self.ds_config = resolve_zero3_auto(ds, self.encoder.lm.config.hidden_size)
+        self.zero_stage = int(self.ds_config.get("zero_optimization", {}).get("stage", 0))
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                    config=self.ds_config)
+
+    # ------------------------------------------------------------------ resume
+    def resume(self) -> int:
+        """Continue from the latest checkpoint (weights, optimizer, schedule, sampler position)."""
+        cfg = self.cfg
+        if (self.ckpt_dir / "latest").exists():
+            path, client = self.engine.load_checkpoint(str(self.ckpt_dir), load_module_strict=not cfg.train_top_layers)
+            if path is None:
+                raise RuntimeError(f"{self.ckpt_dir}: 'latest' exists but the checkpoint could not be loaded")
+            self.start_step = int(client["step"])
+            expected = list(self.sampler.position(self.start_step))
+            if client.get("sampler", {}).get("next_position") != expected:
+                raise RuntimeError(f"{self.ckpt_dir}: sampler position {client.get('sampler')} does not match the "
+                                   f"data ({expected}); the pairs or batch size changed since the checkpoint")
+            if self.rank == 0:
+                log.info("resumed from %s at step %d", path, self.start_step)
+        if self.rank == 0:
+            atomic_write_json(self.out_dir / "config.json", {"train": cfg.to_dict(), "deepspeed": self.ds_config,
+                                                            "world_size": self.world})
+        self.train_log = JsonlLog(self.out_dir / "train_log.jsonl", self.start_step) if self.rank == 0 else None
+        return self.start_step
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> None:
+        cfg, bar = self.cfg, None
+        interactive = sys.stderr.isatty() if cfg.progress_bar == "auto" else bool(cfg.progress_bar)
+        if self.rank == 0 and interactive:
+            from tqdm import tqdm
+            bar = tqdm(total=self.steps, initial=self.start_step, unit="step", dynamic_ncols=True)
+        kill_after = int(os.environ.get(KILL_AFTER_ENV, "-1"))
+        self.engine.train()
+        t_start = time.perf_counter()
+        for step in range(self.start_step, self.steps):
+            row = self.step(step)
+            if self.rank == 0:
+                self._record(row, step, bar)
+            done = step + 1
+            if done % cfg.save_every == 0 or done == self.steps:
+                self.save_checkpoint(done)
+            if done == kill_after:
+                sys.stdout.flush(), sys.stderr.flush()
+                os._exit(137)
+        if bar is not None:
+            bar.close()
+        self.wall_s = time.perf_counter() - t_start
+
+    def step(self, step: int) -> dict:
+        """One optimizer step on the global batch ``step``; returns its log row."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        examples = batch_examples(self.sampler.global_batch(step), self.pairs, self.notes, cfg.r, cfg.seed, step)
+        mine = local_examples(examples, self.rank, self.world)
+        encoded = [self.encoder.prompts.encode(e.note, task=e.task, hashtags_out=e.hashtags_out) for e in mine]
+        batch = {k: v.to(self.device) for k, v in self.encoder.collate(encoded, with_labels=True).items()}
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=self.cpu_autocast):
+            out = self.engine(**batch)
+        lr_now = self.engine.get_lr()[0]  # the rate this step uses
+        self.engine.backward(out.loss)
+        self.engine.step()
+        took = time.perf_counter() - t0
+        n_tokens = torch.tensor(float(batch["attention_mask"].sum().item()))
+        if self.world > 1:
+            self.dist.all_reduce(n_tokens)
+        self.notes_done += 2 * cfg.batch_pairs
+        self.tokens_done += int(n_tokens.item())
+        row = {"step": step + 1, "l_cl": out.l_cl.item(), "l_gen": out.l_gen.item(), "loss": out.total.item(),
+               "tau": out.tau.item(), "lr": lr_now, "samples_per_s": 2 * cfg.batch_pairs / took,
+               "tokens_per_s": n_tokens.item() / took, "step_s": took}
+        if step % cfg.log_every == 0 or step == self.steps - 1:
+            # in-batch retrieval accuracy of the global batch (collective on every rank)
+            a = gather_with_local_grad(out.emb_a).float().cpu().numpy()
+            b = gather_with_local_grad(out.emb_b).float().cpu().numpy()
+            row["in_batch_acc"] = in_batch_accuracy(a, b)
+        return row
+
+    def _record(self, row: dict, step: int, bar) -> None:
+        self.train_log.write(row)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(l_cl=f"{row['l_cl']:.3f}", l_gen=f"{row['l_gen']:.3f}", tau=f"{row['tau']:.3f}")
+        if "in_batch_acc" in row:
+            log.info("step %d/%d l_cl=%.4f l_gen=%.4f loss=%.4f tau=%.4f lr=%.2e acc=%.3f %.2f samples/s",
+                     step + 1, self.steps, row["l_cl"], row["l_gen"], row["loss"], row["tau"], row["lr"],
+                     row["in_batch_acc"], row["samples_per_s"])
+
+    def save_checkpoint(self, done: int) -> None:
+        cfg = self.cfg
+        client = {"step": done, "sampler": {"seed": cfg.seed, "batch_pairs": cfg.batch_pairs,
+                                            "next_position": list(self.sampler.position(done))}}
+        # Frozen weights are the backbone's own: a resume rebuilds them, so only what trains is saved.
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=f"step{done}", client_state=client,
+                                    exclude_frozen_parameters=bool(cfg.train_top_layers))
+        if self.rank == 0:
+            prune_checkpoints(self.ckpt_dir, cfg.keep_checkpoints)
+
+    # ------------------------------------------------------------------ export
+    def export(self) -> dict:
+        """Save model/ (rank 0) and metrics.json; returns the metrics (empty on other ranks)."""
+        cfg = self.cfg
+        if self.zero_stage == 3:
+            full_state = self.engine._zero3_consolidated_16bit_state_dict()  # collective: every rank calls it
+        else:
+            full_state = self.engine.module.state_dict() if self.rank == 0 else None
+        metrics: dict = {}
+        if self.rank == 0:
+            tau = float(full_state["tau"])
+            categories = sorted({n["category"] for n in self.notes.values()})
+            self.encoder.save(self.out_dir / "model", state_dict=unwrap_encoder_state(full_state), tau=tau,
+                              data_window={"start": self.report.window_start, "end": self.report.window_end},
+                              extra={"seed": cfg.seed, "categories": categories, "train_steps": self.steps,
+                                     "pairs": str(cfg.pairs), "r": cfg.r, "alpha": cfg.alpha,
+                                     "zero_stage": self.zero_stage, "world_size": self.world})
+            rows, wall = self.train_log.rows(), self.wall_s
+            metrics = {
+                "steps": self.steps, "resumed_from_step": self.start_step, "world_size": self.world,
+                "zero_stage": self.zero_stage, "bf16": self.use_bf16, "cpu_autocast_bf16": self.cpu_autocast,
+                "first": rows[0] if rows else None, "last": rows[-1] if rows else None,
+                "wall_s_this_run": wall,
+                "samples_per_s_this_run": self.notes_done / wall if wall > 0 else None,
+                "tokens_per_s_this_run": self.tokens_done / wall if wall > 0 else None,
+                "data": self.report.__dict__, "model_dir": str(self.out_dir / "model"),
+            }
+            atomic_write_json(self.out_dir / "metrics.json", metrics)
+            log.info("saved %s (tau=%.4f) after %d steps", self.out_dir / "model", tau, self.steps)
+        if self.world > 1:
+            self.dist.barrier()
+        return metrics
