@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from notellm.collator import collate
 from notellm.prompts import EMB_TOKEN, PromptBuilder, PromptConfig
 
 SIDECAR = "notellm.json"
@@ -213,130 +214,32 @@ class NoteEncoder(nn.Module):
                 gen_loss = hidden.sum() * 0.0
         return EncoderOutput(emb, gen_loss)
 
-    # ------------------------------------------------------------ batching helpers
+    # ------------------------------------------------------------ delegates
     def collate(self, encoded: Sequence, with_labels: bool = True) -> dict:
-        """Right-pad a list of :class:`EncodedPrompt` into tensors (dynamic padding)."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        width = max(len(e.input_ids) for e in encoded)
-        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        labels = torch.full((len(encoded), width), -100, dtype=torch.long)
-        for i, e in enumerate(encoded):
-            n = len(e.input_ids)
-            ids[i, :n] = torch.tensor(e.input_ids)
-            mask[i, :n] = 1
-            labels[i, :n] = torch.tensor(e.labels)
-        batch = {"input_ids": ids, "attention_mask": mask,
-                 "emb_index": torch.tensor([e.emb_index for e in encoded], dtype=torch.long)}
-        if with_labels:
-            batch["labels"] = labels
-        return batch
+        """Right-pad encoded prompts into tensors (:func:`notellm.collator.collate`)."""
+        return collate(encoded, self.tokenizer.pad_token_id, with_labels=with_labels)
 
-    @torch.no_grad()
     def embed_notes(self, notes: Iterable[Mapping], batch_size: int = 32, autocast_bf16: bool = False,
                     sort_by_length: bool = True, progress=None) -> np.ndarray:
-        """Embed notes with the inference (category) prompt. Returns float32 (n, d).
+        """Embeddings (n, d) float32 in input order (:func:`notellm.inference.embed_notes`)."""
+        from notellm.inference import embed_notes
 
-        Notes are sorted by token count and padded per batch, so little compute
-        is spent on padding; the output keeps the input order.
-        """
-        notes = list(notes)
-        encoded = [self.prompts.encode(n, task="category", with_output=False) for n in notes]
-        order = np.argsort([len(e.input_ids) for e in encoded], kind="stable") if sort_by_length \
-            else np.arange(len(encoded))
-        out = np.zeros((len(notes), self.config.dim), dtype=np.float32)
-        was_training = self.training
-        self.eval()
-        device = self.device
-        try:
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                batch = self.collate([encoded[i] for i in idx], with_labels=False)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                    emb = self(**batch).embeddings
-                out[idx] = emb.float().cpu().numpy()
-                if progress is not None:
-                    progress(len(idx))
-        finally:
-            self.train(was_training)
-        return out
+        return embed_notes(self, notes, batch_size=batch_size, autocast_bf16=autocast_bf16,
+                           sort_by_length=sort_by_length, progress=progress)
 
-    @torch.no_grad()
     def generate(self, note: Mapping, task: str = "category", j: int = 3, max_new_tokens: int = 24,
                  allowed_outputs: Sequence[str] | None = None) -> str:
-        """Generate the note's category (``task='category'``) or j hashtags.
+        """Category or j hashtags, free or constrained (:func:`notellm.generation.generate`)."""
+        from notellm.generation import generate
 
-        With ``allowed_outputs`` (constrained mode) the answer is the allowed
-        string whose complete output, ``" <option>"`` followed by EOS, has the
-        highest log-likelihood under the model, so it can only be one of the
-        known categories. Scoring the EOS too makes it a comparison of whole
-        answers: without it an option that is a prefix of another (e.g.
-        ``beer`` vs ``beer.meta``) is scored as a partial answer. All options
-        are scored in one right-padded batch.
-        """
-        prompt = self.prompts.generation_prompt(note, task=task, j=j)
-        device = self.device
-        if allowed_outputs:
-            options = list(dict.fromkeys(allowed_outputs))
-            eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-            outs = [self.tokenizer(" " + o, add_special_tokens=False)["input_ids"] + eos for o in options]
-            scores = self.option_log_likelihoods(prompt, outs)
-            return options[int(np.argmax(scores))]
-        ids = torch.tensor([prompt], device=device)
-        gen = self.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                               do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-                               eos_token_id=self.tokenizer.eos_token_id)
-        return self.tokenizer.decode(gen[0, len(prompt):], skip_special_tokens=True).strip()
+        return generate(self, note, task=task, j=j, max_new_tokens=max_new_tokens, allowed_outputs=allowed_outputs)
 
-    @torch.no_grad()
     def option_log_likelihoods(self, prompt: Sequence[int], outs: Sequence[Sequence[int]],
                                reuse_prefix: bool = True) -> list[float]:
-        """log P(out_i | prompt) = sum_k log p(out_i[k] | prompt, out_i[:k]) for each option.
+        """log P(out_i | prompt) per option (:func:`notellm.generation.option_log_likelihoods`)."""
+        from notellm.generation import option_log_likelihoods
 
-        With ``reuse_prefix`` the prompt runs once and its KV cache is repeated
-        for the options (the prompt is ~90% of each sequence, so this is several
-        times cheaper); without it every prompt + option runs in full. Both give
-        the same values up to float rounding (tested).
-        """
-        device = self.device
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        n, width = len(outs), max(len(o) for o in outs)
-        if reuse_prefix:
-            first = self.lm(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True)
-            first_logp = torch.log_softmax(first.logits[0, -1].float(), -1)
-            cache = first.past_key_values
-            cache.batch_repeat_interleave(n)
-            ids = torch.full((n, width), pad, dtype=torch.long, device=device)
-            mask = torch.zeros((n, len(prompt) + width), dtype=torch.long, device=device)
-            mask[:, :len(prompt)] = 1
-            for i, o in enumerate(outs):
-                ids[i, :len(o)] = torch.tensor(o, device=device)
-                mask[i, len(prompt):len(prompt) + len(o)] = 1
-            logp = torch.log_softmax(self.lm(input_ids=ids, attention_mask=mask, cache=cache,
-                                             use_cache=True).logits.float(), -1)
-            scores = []
-            for i, o in enumerate(outs):
-                total = first_logp[o[0]]
-                if len(o) > 1:
-                    pos = torch.arange(0, len(o) - 1, device=device)
-                    total = total + logp[i, pos, torch.tensor(o[1:], device=device)].sum()
-                scores.append(float(total))
-            return scores
-        full_width = len(prompt) + width
-        ids = torch.full((n, full_width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, o in enumerate(outs):
-            seq = list(prompt) + list(o)
-            ids[i, :len(seq)] = torch.tensor(seq)
-            mask[i, :len(seq)] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        logp = torch.log_softmax(self.lm(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
-        scores = []
-        for i, o in enumerate(outs):
-            pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(o), device=device)
-            scores.append(logp[i, pos, torch.tensor(o, device=device)].sum().item())
-        return scores
+        return option_log_likelihoods(self, prompt, outs, reuse_prefix=reuse_prefix)
 
 
 def weights_digest(model_dir: Path) -> str:

@@ -1,0 +1,42 @@
+"""Inference loop: embed notes with the category prompt (no output appended).
+
+Used by indexing (the nightly corpus embedding) and by evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+
+from notellm.collator import collate, length_sorted_batches
+
+
+@torch.no_grad()
+def embed_notes(encoder, notes: Iterable[Mapping], batch_size: int = 32, autocast_bf16: bool = False,
+                sort_by_length: bool = True, progress=None) -> np.ndarray:
+    """Embed notes with ``encoder`` (a :class:`notellm.encoder.NoteEncoder`). Returns float32 (n, d).
+
+    Notes are sorted by token count and padded per batch, so little compute
+    is spent on padding; the output keeps the input order.
+    """
+    notes = list(notes)
+    encoded = [encoder.prompts.encode(n, task="category", with_output=False) for n in notes]
+    out = np.zeros((len(notes), encoder.config.dim), dtype=np.float32)
+    was_training = encoder.training
+    encoder.eval()
+    device = encoder.device
+    pad = encoder.tokenizer.pad_token_id
+    try:
+        for idx in length_sorted_batches([len(e.input_ids) for e in encoded], batch_size, sort_by_length):
+            batch = collate([encoded[i] for i in idx], pad, with_labels=False)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                emb = encoder(**batch).embeddings
+            out[idx] = emb.float().cpu().numpy()
+            if progress is not None:
+                progress(len(idx))
+    finally:
+        encoder.train(was_training)
+    return out
