@@ -9,17 +9,19 @@
 Command line::
 
     python -m notellm.backbone convert            # default SmolLM2 -> cache
-    python -m notellm.backbone path smollm2       # print the resolved directory
+    python -m notellm.backbone path --name smollm2   # the resolved directory (result line)
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
+
+from notellm.config import option
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "smollm2-135m-instruct"
@@ -108,23 +110,38 @@ def resolve_backbone(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
+@dataclasses.dataclass
+class ConvertConfig:
+    """Convert the shipped SmolLM2 GGUF (or another GGUF) into a Hugging Face directory."""
+
+    gguf: Path | None = option(None, help="another GGUF file to convert (default: the shipped SmolLM2)")
+    out: Path | None = option(None, help="output directory (default: the cache folder)")
+
+
+@dataclasses.dataclass
+class PathConfig:
+    """The directory a backbone name resolves to."""
+
+    name: str = option(DEFAULT_BACKBONE, help="'smollm2', 'minilm' or a Hugging Face directory")
+
+
+def _convert(cfg: ConvertConfig, timer) -> dict:
+    with timer.phase("convert"):
+        if cfg.gguf is None and cfg.out is None:
+            return {"backbone_dir": str(ensure_default_backbone())}
+        return {"backbone_dir": str(convert_gguf(cfg.gguf or smollm2_gguf_path(), cfg.out or default_backbone_dir()))}
+
+
+def _path(cfg: PathConfig, timer) -> dict:
+    return {"backbone_dir": str(resolve_backbone(cfg.name) if cfg.name != "minilm" else minilm_dir())}
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m notellm.backbone", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    conv = sub.add_parser("convert", help="convert the shipped SmolLM2 GGUF into a HF directory")
-    conv.add_argument("--gguf", type=Path, default=None, help="another GGUF file to convert")
-    conv.add_argument("--out", type=Path, default=None)
-    path = sub.add_parser("path", help="print the directory a backbone name resolves to")
-    path.add_argument("name", nargs="?", default=DEFAULT_BACKBONE)
-    args = parser.parse_args(argv)
-    if args.cmd == "convert":
-        if args.gguf is None and args.out is None:
-            print(ensure_default_backbone())
-        else:
-            print(convert_gguf(args.gguf or smollm2_gguf_path(), args.out or default_backbone_dir()))
-    else:
-        print(resolve_backbone(args.name) if args.name != "minilm" else minilm_dir())
-    return 0
+    from notellm import cli
+
+    return cli.main({"convert": cli.Subcommand(ConvertConfig, _convert, ConvertConfig.__doc__),
+                     "path": cli.Subcommand(PathConfig, _path, PathConfig.__doc__)},
+                    argv=argv, prog="python -m notellm.backbone")
 
 
 if __name__ == "__main__":
