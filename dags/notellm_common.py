@@ -20,7 +20,6 @@ Configuration (read at task run time, first hit wins):
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shlex
 import subprocess
@@ -31,17 +30,22 @@ from pathlib import Path
 
 from airflow.sdk import Asset
 
+from notellm.cli import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_GATE_FAILED, result_line
+from notellm.layout import Layout, asset_uri
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = os.environ.get("NOTELLM_ROOT", str(REPO / "var" / "pipeline"))
+DEFAULT_LAYOUT = Layout(DEFAULT_ROOT)
 
 # Assets: static URIs; the concrete partition / model / snapshot travels in the event extra.
-PAIRS_ASSET = Asset(name="notellm_pairs", uri=f"file://{DEFAULT_ROOT}/pairs")
-MODEL_ASSET = Asset(name="notellm_model", uri=f"file://{DEFAULT_ROOT}/models/APPROVED.json")
-INDEX_ASSET = Asset(name="notellm_index", uri=f"file://{DEFAULT_ROOT}/index/snapshots/CURRENT")
+PAIRS_ASSET = Asset(name="notellm_pairs", uri=asset_uri(DEFAULT_LAYOUT.pairs))
+MODEL_ASSET = Asset(name="notellm_model", uri=asset_uri(DEFAULT_LAYOUT.approved))
+INDEX_ASSET = Asset(name="notellm_index", uri=asset_uri(DEFAULT_LAYOUT.current_snapshot))
 
-# = notellm.contracts.EXIT_GATE_FAILED (not imported: parsing must not load pyarrow);
-# stages exit with it when a quality gate refuses, which is not worth a retry.
-GATE_FAILED_EXIT = 3
+# notellm.cli's exit codes that a retry of the same input cannot fix: bad input,
+# a quality-gate refusal (the live model / snapshot is kept), a diverged run.
+NO_RETRY_EXITS = {EXIT_BAD_INPUT: "bad input", EXIT_GATE_FAILED: "quality gate refused",
+                  EXIT_DIVERGED: "training diverged"}
 
 DEFAULT_ARGS = {
     "owner": "notellm",
@@ -84,18 +88,10 @@ def data_root() -> Path:
 
 
 def paths(root: Path | None = None) -> dict[str, Path]:
-    root = Path(root or data_root())
-    return {
-        "root": root,
-        "notes": root / "notes" / "notes.parquet",
-        "events": root / "events",
-        "pairs": root / "pairs",
-        "pairs_quarantine": root / "quarantine" / "pairs",
-        "splits": root / "splits",
-        "models": root / "models",
-        "embeddings": root / "embeddings",
-        "index": root / "index",
-    }
+    """notellm.layout's paths under the run-time data root, as Paths for the tasks."""
+    layout = Layout(str(root or data_root()))
+    names = ("notes", "events", "pairs", "pairs_quarantine", "splits", "models", "embeddings", "index")
+    return {"root": Path(layout.root), **{name: Path(getattr(layout, name)) for name in names}}
 
 
 def python() -> str:
@@ -112,8 +108,8 @@ class StageFailed(RuntimeError):
 
 def run_stage(cmd: list[str], timeout: float | None = None, env: dict | None = None) -> str:
     """Run a stage command, stream its output into the task log, and return
-    stdout. Non-zero exit -> :class:`StageFailed` with the output tail;
-    a quality-gate refusal (exit 3) -> AirflowFailException (no retry)."""
+    stdout. Non-zero exit -> :class:`StageFailed` with the output tail (retried);
+    bad input, a gate refusal or divergence (NO_RETRY_EXITS) -> AirflowFailException."""
     from airflow.sdk.exceptions import AirflowFailException
 
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -137,8 +133,8 @@ def run_stage(cmd: list[str], timeout: float | None = None, env: dict | None = N
         # (a launcher's workers included) so a retry does not race a stale run.
         _kill_group(proc)
         raise
-    if code == GATE_FAILED_EXIT:
-        raise AirflowFailException("quality gate refused: " + "".join(list(tail)[-15:]))
+    if code in NO_RETRY_EXITS:
+        raise AirflowFailException(f"{NO_RETRY_EXITS[code]} (exit {code}): " + "".join(list(tail)[-15:]))
     if code != 0:
         raise StageFailed(cmd, code, "".join(tail))
     return "".join(out_lines)
@@ -158,9 +154,5 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def last_json_line(output: str) -> dict:
-    """Stages print their result as one JSON object on the last JSON line."""
-    for line in reversed(output.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{") and line.endswith("}"):
-            return json.loads(line)
-    raise ValueError("stage printed no JSON result line")
+    """The stage's result: one JSON object on its last JSON line (notellm.cli's contract)."""
+    return result_line(output)

@@ -1,13 +1,14 @@
 """
 ### NoteLLM retraining (weekly, or triggered by an ML engineer)
 
-Trigger with **Params** (base model, data window, steps, learning rate, GPUs,
-DeepSpeed config) from the UI ("Trigger DAG w/ config") or
+Trigger with **Params** (base model, steps, learning rate, GPUs, DeepSpeed
+config; defaults and help from `training/config.py`) from the UI ("Trigger DAG w/ config") or
 `airflow dags trigger notellm_retraining --conf '{"max_steps": 400}'`.
 
-1. `split_pairs`: training pairs from the window ending `test_days` before the
-   logical date; test pairs + pool from the window ending at it, restricted to
-   notes unseen in training (the NoteLLM protocol).
+1. `split_pairs`: training pairs from the pairs partition `test_days` before the
+   logical date (its window is the pair-mining DAG's `window_days`); test pairs +
+   pool from the partition of the logical date, restricted to notes unseen in
+   training (the NoteLLM protocol).
 2. `train`: the DeepSpeed job in a subprocess (`deepspeed --num_gpus N` on GPU
    workers, a single CPU process otherwise). Its output directory is derived from
    the logical date and the Params, so a retried task resumes from the last
@@ -33,6 +34,16 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 from notellm_common import DEFAULT_ARGS, MODEL_ASSET
 
+from notellm.config import defaults, help_of
+from notellm.prompts import TEMPLATE_VERSIONS
+from training.config import RegisterConfig, TrainConfig
+
+TRAIN = defaults(TrainConfig)
+REGISTER = defaults(RegisterConfig)
+# The DAG bounds every run: TrainConfig trains one epoch unless max_steps is set.
+DEFAULT_MAX_STEPS = 200
+CPU_AUTOCAST = {"off": False, "auto": "auto", "on": True}  # Param value -> TrainConfig.cpu_autocast_bf16
+
 
 @dag(
     dag_id="notellm_retraining",
@@ -44,24 +55,23 @@ from notellm_common import DEFAULT_ARGS, MODEL_ASSET
     tags=["notellm", "training", "deepspeed"],
     doc_md=__doc__,
     params={
-        "base_model": Param("smollm2", type="string",
-                            description="'smollm2' (shipped default) or a Hugging Face causal-LM directory"),
-        "template_version": Param("v1-paper", enum=["v1-paper", "v2-short"]),
-        "window_days": Param(7, type="integer", minimum=1, description="days of pairs for training"),
+        "base_model": Param(TRAIN["backbone"], type="string", description=help_of(TrainConfig, "backbone")),
+        "template_version": Param(TRAIN["template_version"], enum=list(TEMPLATE_VERSIONS)),
         "test_days": Param(7, type="integer", minimum=1, description="later days held out for the test set"),
-        "max_steps": Param(200, type="integer", minimum=1),
-        "batch_pairs": Param(8, type="integer", minimum=2, description="related pairs per batch (per GPU)"),
-        "learning_rate": Param(1e-4, type="number", exclusiveMinimum=0),
-        "cpu_autocast_bf16": Param("off", enum=["off", "auto", "on"],
-                                   description="CPU workers: bf16 autocast (auto = only on CPUs with native bf16)"),
-        "train_top_layers": Param(0, type="integer", minimum=0,
-                                  description="0 = train every weight (the paper); N = only the top N blocks"),
+        "max_steps": Param(DEFAULT_MAX_STEPS, type="integer", minimum=1, description=help_of(TrainConfig, "max_steps")),
+        "batch_pairs": Param(TRAIN["batch_pairs"], type="integer", minimum=2,
+                             description=help_of(TrainConfig, "batch_pairs")),
+        "learning_rate": Param(TRAIN["lr"], type="number", exclusiveMinimum=0, description=help_of(TrainConfig, "lr")),
+        "cpu_autocast_bf16": Param({v: k for k, v in CPU_AUTOCAST.items()}[TRAIN["cpu_autocast_bf16"]],
+                                   enum=list(CPU_AUTOCAST), description=help_of(TrainConfig, "cpu_autocast_bf16")),
+        "train_top_layers": Param(TRAIN["train_top_layers"], type="integer", minimum=0,
+                                  description=help_of(TrainConfig, "train_top_layers")),
         "num_gpus": Param(0, type="integer", minimum=0, description="0 = one CPU process"),
-        "deepspeed_config": Param("zero2", enum=["zero2", "zero3"]),
+        "deepspeed_config": Param(TRAIN["deepspeed_config"], enum=["zero2", "zero3"]),
         "timeout_minutes": Param(240, type="integer", minimum=1),
-        "min_recall": Param(0.0, type="number", description="floor for the new model's Recall@100"),
-        "max_recall_regression": Param(0.01, type="number",
-                                       description="allowed Recall@100 drop against the approved model"),
+        "min_recall": Param(REGISTER["min_recall"], type="number", description=help_of(RegisterConfig, "min_recall")),
+        "max_recall_regression": Param(REGISTER["max_regression"], type="number",
+                                       description=help_of(RegisterConfig, "max_regression")),
     },
 )
 def notellm_retraining():
@@ -92,7 +102,7 @@ def notellm_retraining():
         from notellm_common import paths, python, run_stage
 
         p = paths()
-        keys = ["base_model", "template_version", "window_days", "test_days", "max_steps", "batch_pairs",
+        keys = ["base_model", "template_version", "test_days", "max_steps", "batch_pairs",
                 "learning_rate", "num_gpus", "deepspeed_config", "train_top_layers", "cpu_autocast_bf16"]
         digest = hashlib.sha256(json.dumps({k: params[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:8]
         # Same date + same Params -> same directory: a retry resumes from its checkpoints.
@@ -102,7 +112,7 @@ def notellm_retraining():
             f"output_dir={run_dir}", f"max_steps={params['max_steps']}", f"batch_pairs={params['batch_pairs']}",
             f"lr={params['learning_rate']}", f"template_version={params['template_version']}",
             f"deepspeed_config={params['deepspeed_config']}", f"train_top_layers={params['train_top_layers']}",
-            "cpu_autocast_bf16=" + {"off": "false", "auto": "auto", "on": "true"}[params["cpu_autocast_bf16"]],
+            "cpu_autocast_bf16=" + str(CPU_AUTOCAST[params["cpu_autocast_bf16"]]).lower(),
             f"save_every={max(1, params['max_steps'] // 4)}", "log_every=5",
         ]
         sets = [a for o in overrides for a in ("--set", o)]
@@ -130,7 +140,7 @@ def notellm_retraining():
 
         record = last_json_line(run_stage([
             python(), "-m", "training.register", "--model", trained["model_dir"], "--metrics", evaluation["eval"],
-            "--models-root", str(paths()["models"]), "--k", "100",
+            "--models-root", str(paths()["models"]), "--k", str(REGISTER["k"]),
             "--min-recall", str(params["min_recall"]), "--max-regression", str(params["max_recall_regression"])]))
         outlet_events[MODEL_ASSET].extra = {"model_dir": record["model_dir"], "model_id": record["model_id"]}
         return record

@@ -1,5 +1,8 @@
-"""Training configuration: one dataclass (the help of every setting lives here),
-read from JSON/YAML with ``--set key=value`` overrides by :mod:`notellm.config`.
+"""Configuration of the training commands: one dataclass per command (the help
+of every setting lives here), read from flags, JSON/YAML and ``--set key=value``
+by :mod:`notellm.config`: TrainConfig (training.train), EvaluateConfig
+(training.evaluate), RegisterConfig (training.register), GenerateConfig
+(training.generate).
 
 Importable without torch: the retraining DAG derives its Param defaults from it.
 """
@@ -12,6 +15,7 @@ from pathlib import Path
 
 from notellm import config as configs
 from notellm.config import option
+from notellm.precision import PRECISIONS
 from notellm.prompts import (DEFAULT_CONTENT_TOKENS, DEFAULT_TEMPLATE_VERSION, DEFAULT_TITLE_TOKENS,
                              TEMPLATE_VERSIONS)
 
@@ -90,6 +94,58 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """Recall@K and in-batch accuracy of a trained NoteLLM model (and baselines) on held-out pairs."""
+
+    model: str = option(help="model directory written by training (RUN/model)")
+    pairs: str = option(help="held-out PAIRS partition dir (needs _SUCCESS)")
+    pool: str = option(help="POOL file or partition dir")
+    notes: str = option(help="NOTES file or root")
+    backbone_baseline: bool = option(False, help="also evaluate the untrained backbone (and the gain over it)")
+    approved_root: str | None = option(None, help="also evaluate the approved model of this models root")
+    ks: list[int] = option(default_factory=lambda: [10, 50, 100, 1000], help="the K of Recall@K (comma list)")
+    batch_pairs: int = option(16, help="pairs per batch for the in-batch accuracy")
+    batch_size: int = option(32, help="embedding batch size")
+    limit_pairs: int | None = option(None, help="evaluate only the first N test pairs")
+    precision: str = option("auto", choices=PRECISIONS,
+                            help="embedding precision (notellm.precision: auto = bf16 on GPU and on CPUs with "
+                                 "native bf16)")
+    out: str | None = option(None, help="write the full evaluation JSON here (the result line then summarises)")
+
+
+@dataclasses.dataclass
+class RegisterConfig:
+    """Quality gate of a trained model; registers it as APPROVED when it passes."""
+
+    model: str = option(help="model directory written by training (RUN/model)")
+    metrics: str = option(help="evaluation JSON written by training.evaluate --out")
+    models_root: str = option(help="models root holding APPROVED.json and registry.jsonl")
+    k: int = option(100, help="the K of the Recall@K the gate compares")
+    min_recall: float = option(0.0, help="absolute floor of Recall@K")
+    max_regression: float = option(0.01, help="largest allowed Recall@K drop below the approved model")
+    baseline_required: bool = option(True, help="require the backbone baseline in the evaluation "
+                                                "(--no-baseline-required to skip)")
+
+
+@dataclasses.dataclass
+class GenerateConfig:
+    """Generate categories or hashtags with a trained NoteLLM model (the CSFT side)."""
+
+    model: str = option(help="model directory written by training (RUN/model)")
+    notes: str = option(help="NOTES file or root")
+    task: str = option("category", choices=("category", "hashtag"), help="what to generate")
+    constrained: bool = option(False, help="only emit a known category (task category)")
+    limit: int = option(20, help="notes to generate for (the first N) when --note-ids is not given")
+    note_ids: list[str] | None = option(None, help="note ids to generate for (comma list)")
+    j: int = option(3, help="number of hashtags to generate")
+    max_new_tokens: int = option(24, help="decoding budget")
+
+    def validate(self) -> None:
+        if self.constrained and self.task != "category":
+            raise ValueError("--constrained applies to --task category (the closed set of categories)")
 
 
 def deepspeed_config_path(name: str) -> Path:

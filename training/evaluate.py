@@ -19,7 +19,6 @@ system's ``ranks`` lists the target's rank per test pair.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import time
@@ -28,36 +27,17 @@ from pathlib import Path
 import numpy as np
 
 from notellm import cli
-from notellm.config import option
 from notellm.contracts import POOL, read_table, require_success
 from notellm.files import atomic_write_json
 from notellm.metrics import in_batch_accuracy, recall_at_k, test_set_fingerprint
-from notellm.precision import PRECISIONS, use_bf16
+from notellm.precision import use_bf16
 from notellm.stats import hits_at_k, paired_comparison
+from training.config import EvaluateConfig
 from training.data import clean_pairs, load_notes, load_pairs
 from training.sampler import plan_epoch
 
 log = logging.getLogger(__name__)
 
-
-@dataclasses.dataclass
-class EvaluateConfig:
-    """Recall@K and in-batch accuracy of a trained NoteLLM model (and baselines) on held-out pairs."""
-
-    model: str = option(help="model directory written by training (RUN/model)")
-    pairs: str = option(help="held-out PAIRS partition dir (needs _SUCCESS)")
-    pool: str = option(help="POOL file or partition dir")
-    notes: str = option(help="NOTES file or root")
-    backbone_baseline: bool = option(False, help="also evaluate the untrained backbone (and the gain over it)")
-    approved_root: str | None = option(None, help="also evaluate the approved model of this models root")
-    ks: list[int] = option(default_factory=lambda: [10, 50, 100, 1000], help="the K of Recall@K (comma list)")
-    batch_pairs: int = option(16, help="pairs per batch for the in-batch accuracy")
-    batch_size: int = option(32, help="embedding batch size")
-    limit_pairs: int | None = option(None, help="evaluate only the first N test pairs")
-    precision: str = option("auto", choices=PRECISIONS,
-                            help="embedding precision (notellm.precision: auto = bf16 on GPU and on CPUs with "
-                                 "native bf16)")
-    out: str | None = option(None, help="write the full evaluation JSON here (the result line then summarises)")
 
 
 def load_pool(path: str | Path) -> list[str]:

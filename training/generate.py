@@ -14,30 +14,12 @@ trained on, from its side-car, else those of the notes table).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 from notellm import cli
-from notellm.config import option
+from training.config import GenerateConfig
 from training.data import load_notes
 
-
-@dataclasses.dataclass
-class GenerateConfig:
-    """Generate categories or hashtags with a trained NoteLLM model (the CSFT side)."""
-
-    model: str = option(help="model directory written by training (RUN/model)")
-    notes: str = option(help="NOTES file or root")
-    task: str = option("category", choices=("category", "hashtag"), help="what to generate")
-    constrained: bool = option(False, help="only emit a known category (task category)")
-    limit: int = option(20, help="notes to generate for (the first N) when --note-ids is not given")
-    note_ids: list[str] | None = option(None, help="note ids to generate for (comma list)")
-    j: int = option(3, help="number of hashtags to generate")
-    max_new_tokens: int = option(24, help="decoding budget")
-
-    def validate(self) -> None:
-        if self.constrained and self.task != "category":
-            raise ValueError("--constrained applies to --task category (the closed set of categories)")
 
 
 def _run(cfg: GenerateConfig, timer: cli.Timer) -> dict:

@@ -22,29 +22,15 @@ when the gate refuses, 2 when the evaluation does not belong to the model.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from notellm import cli
-from notellm.config import option
 from notellm.encoder import SIDECAR
 from notellm.registry import current_approved, register
+from training.config import RegisterConfig
 
-
-@dataclasses.dataclass
-class RegisterConfig:
-    """Quality gate of a trained model; registers it as APPROVED when it passes."""
-
-    model: str = option(help="model directory written by training (RUN/model)")
-    metrics: str = option(help="evaluation JSON written by training.evaluate --out")
-    models_root: str = option(help="models root holding APPROVED.json and registry.jsonl")
-    k: int = option(100, help="the K of the Recall@K the gate compares")
-    min_recall: float = option(0.0, help="absolute floor of Recall@K")
-    max_regression: float = option(0.01, help="largest allowed Recall@K drop below the approved model")
-    baseline_required: bool = option(True, help="require the backbone baseline in the evaluation "
-                                                "(--no-baseline-required to skip)")
 
 
 def decide(metrics: dict, k: int, min_recall: float, max_regression: float, approved_record: dict | None,

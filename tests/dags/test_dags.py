@@ -92,15 +92,22 @@ def test_no_connection_lookup_at_parse_time(parsed):
     assert not any("connection lookup" in e for e in parsed["errors"].values())
 
 
-def test_gate_exit_code_matches_the_stages_contract():
+@pytest.mark.parametrize("code, retried", [(1, True), (2, False), (3, False), (4, False)])
+def test_run_stage_retries_only_what_a_retry_can_fix(code, retried):
+    """Exit codes of notellm.cli: bad input (2), a gate refusal (3) and divergence (4)
+    fail the task without retry; any other failure is retried."""
+    from airflow.sdk.exceptions import AirflowFailException
+
     sys.path.insert(0, str(DAGS))
     try:
         import notellm_common
     finally:
         sys.path.remove(str(DAGS))
-    from notellm.cli import EXIT_GATE_FAILED
-
-    assert notellm_common.GATE_FAILED_EXIT == EXIT_GATE_FAILED
+    cmd = [sys.executable, "-c", f"import sys; print('working'); sys.exit({code})"]
+    expected = notellm_common.StageFailed if retried else AirflowFailException
+    with pytest.raises(expected) as err:
+        notellm_common.run_stage(cmd)
+    assert "working" in str(err.value) and not (retried and isinstance(err.value, AirflowFailException))
 
 
 def test_spark_submit_passes_the_driver_cds_archive(parsed):
