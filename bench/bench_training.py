@@ -180,7 +180,8 @@ def main() -> int:
     report = {"machine": f"{os_cpu_count()}-core x86_64 CPU ({cpu_bf16_support()}), no GPU", "torch": torch.__version__}
     if not args.skip_throughput:
         report["prompt_lengths"] = prompt_lengths(backbone, sample)
-        report["peak_gflops"] = {"fp32": matmul_peak(torch.float32) / 1e9, "bf16": matmul_peak(torch.bfloat16, reps=2) / 1e9}
+        report["peak_gflops"] = {"fp32": matmul_peak(torch.float32) / 1e9,
+                                 "bf16": matmul_peak(torch.bfloat16, reps=2) / 1e9}
         report["loss_difference_bf16"] = loss_difference(backbone, sample, args.bf16_batch_pairs)
         print(json.dumps(report), flush=True)
         # fp32 at the full batch for both templates; bf16 autocast (emulated, ~9x slower on a CPU
@@ -216,7 +217,8 @@ def main() -> int:
         ev = json.loads((work / "eval.json").read_text())
         report["real_run"] = {"train_pairs": n_train, "test_pairs": n_test, "steps": args.real_steps,
                               "batch_pairs": args.real_batch_pairs, "train_wall_s": train_s,
-                              "trained": {k: ev["model"][k] for k in ("recall", "in_batch_accuracy", "in_batch_chance")},
+                              "trained": {k: ev["model"][k]
+                                          for k in ("recall", "in_batch_accuracy", "in_batch_chance")},
                               "untrained": {k: ev["backbone"][k] for k in ("recall", "in_batch_accuracy")},
                               "pool_size": ev["pool_size"]}
     print(json.dumps(report, indent=2))

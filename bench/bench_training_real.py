@@ -121,7 +121,8 @@ def main() -> int:
     run_stage("train", [py, "-m", "training.train", "--set", "backbone=smollm2",
                         "--set", f"pairs={w / 'split' / 'train_pairs'}", "--set", f"notes={notes}",
                         "--set", f"output_dir={run_dir}", "--set", f"max_steps={args.steps}",
-                        "--set", f"batch_pairs={args.batch_pairs}", "--set", f"lr={args.lr}", "--set", f"warmup_steps={args.warmup}",
+                        "--set", f"batch_pairs={args.batch_pairs}", "--set", f"lr={args.lr}",
+                        "--set", f"warmup_steps={args.warmup}",
                         "--set", f"template_version={args.template}", "--set", "save_every=20",
                         "--set", "log_every=5"], run_dir / "metrics.json", report)
     eval_json = run_dir / "eval.json"

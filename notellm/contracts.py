@@ -198,7 +198,8 @@ def embeddings_contract(dim: int) -> Contract:
     )
 
 
-CONTRACTS = {c.name: c for c in (NOTES, EVENTS, NOTES_LANDING, EVENTS_LANDING, PAIRS, POOL, RELATED_LINKS, QUARANTINE, IDS)}
+CONTRACTS = {c.name: c for c in (NOTES, EVENTS, NOTES_LANDING, EVENTS_LANDING, PAIRS, POOL, RELATED_LINKS,
+                                  QUARANTINE, IDS)}
 
 
 # --------------------------------------------------------------------------
@@ -369,8 +370,10 @@ def validate_manifest(manifest: dict, source: str) -> dict:
             raise ContractError(source, key, f"expected {typ.__name__}, found {type(manifest[key]).__name__}")
     if manifest["format_version"] != MANIFEST_FORMAT_VERSION:
         raise ContractError(source, "format_version",
-                            f"unsupported version {manifest['format_version']} (reader knows {MANIFEST_FORMAT_VERSION})")
+                            f"unsupported version {manifest['format_version']} "
+                            f"(reader knows {MANIFEST_FORMAT_VERSION})")
     for name, meta in manifest["files"].items():
-        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("bytes"), int):
+        if (not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str)
+                or not isinstance(meta.get("bytes"), int)):
             raise ContractError(source, f"files.{name}", "needs 'sha256' (str) and 'bytes' (int)")
     return manifest

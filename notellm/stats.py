@@ -99,7 +99,8 @@ def paired_comparison(hits_a: Sequence[bool], hits_b: Sequence[bool], n_resample
     a = np.asarray(hits_a, dtype=bool)
     b = np.asarray(hits_b, dtype=bool)
     if a.shape != b.shape or a.size == 0:
-        raise ValueError(f"paired_comparison needs two hit vectors of the same non-zero length, got {a.size} and {b.size}")
+        raise ValueError("paired_comparison needs two hit vectors of the same non-zero length, "
+                         f"got {a.size} and {b.size}")
     d = a.astype(np.float64) - b.astype(np.float64)
     lo, hi = np.quantile(_bootstrap_means(d, clusters, n_resamples, seed), [(1 - level) / 2, (1 + level) / 2])
     a_only, b_only = int((a & ~b).sum()), int((b & ~a).sum())

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from tests.support.paths import REPO
 
 INSTALL_FILES = ("constraints.txt", "setup.cfg", "pyproject.toml", "Makefile")

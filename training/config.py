@@ -16,8 +16,7 @@ from pathlib import Path
 from notellm import config as configs
 from notellm.config import option
 from notellm.precision import PRECISIONS
-from notellm.prompts import (DEFAULT_CONTENT_TOKENS, DEFAULT_TEMPLATE_VERSION, DEFAULT_TITLE_TOKENS,
-                             TEMPLATE_VERSIONS)
+from notellm.prompts import DEFAULT_CONTENT_TOKENS, DEFAULT_TEMPLATE_VERSION, DEFAULT_TITLE_TOKENS, TEMPLATE_VERSIONS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 

@@ -84,8 +84,9 @@ def gain_over(new: dict, reference: dict, pairs: list[tuple[str, str]], pool_siz
 
 
 def run(args) -> dict:
-    from notellm.encoder import NoteEncoder
     import torch
+
+    from notellm.encoder import NoteEncoder
 
     raw_pairs, meta = load_pairs(args.pairs)
     pool = load_pool(args.pool)

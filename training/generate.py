@@ -21,7 +21,6 @@ from training.config import GenerateConfig
 from training.data import load_notes
 
 
-
 def _run(cfg: GenerateConfig, timer: cli.Timer) -> dict:
     from notellm.encoder import NoteEncoder
 
@@ -34,7 +33,8 @@ def _run(cfg: GenerateConfig, timer: cli.Timer) -> dict:
     chosen = [notes[n] for n in cfg.note_ids] if wanted else list(notes.values())[:cfg.limit]
     allowed = None
     if cfg.constrained:
-        allowed = model.config.extra.get("categories") or sorted({n["category"] for n in load_notes(cfg.notes).values()})
+        allowed = (model.config.extra.get("categories")
+                   or sorted({n["category"] for n in load_notes(cfg.notes).values()}))
     rows, correct = [], 0
     with timer.phase("generate"):
         for note in chosen:

@@ -32,7 +32,6 @@ from notellm.registry import current_approved, register
 from training.config import RegisterConfig
 
 
-
 def decide(metrics: dict, k: int, min_recall: float, max_regression: float, approved_record: dict | None,
            baseline_required: bool = True) -> tuple[bool, list[str]]:
     """Pure gate: (approved?, reasons). ``metrics`` is the evaluation JSON."""

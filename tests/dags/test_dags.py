@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from tests.support.paths import REPO
 
 DAGS = REPO / "dags"

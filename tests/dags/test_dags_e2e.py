@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tests.support.paths import REPO
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ TRAIN_CONF = {"max_steps": 8, "batch_pairs": 4, "learning_rate": 0.001, "min_rec
 
 @pytest.fixture(scope="module")
 def published(pipeline):
-    run, root = pipeline["run"], pipeline["root"]
+    run = pipeline["run"]
     for date in (TRAIN_DATE, TEST_DATE):
         _ok(*run("notellm_pair_mining", date, {"min_events": 100, "min_pairs": 5}))
     # The first training attempt is killed right after its step-2 checkpoint; the

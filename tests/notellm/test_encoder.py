@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from notellm.encoder import NoteEncoder
-from tests.support.models import tiny_llama
 from notellm.prompts import EMB_TOKEN
+from tests.support.models import tiny_llama
 
 NOTES = [
     {"title": "Espresso grinder", "content": "Which burr grinder for espresso?", "hashtags": ["coffee", "grinder"],

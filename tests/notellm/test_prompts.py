@@ -4,8 +4,15 @@ import random
 
 import pytest
 
-from notellm.prompts import (CATEGORY_INSTRUCTION, EMB_TOKEN, PromptBuilder, PromptConfig, note_fingerprint,
-                             prefix_text, sample_hashtags)
+from notellm.prompts import (
+    CATEGORY_INSTRUCTION,
+    EMB_TOKEN,
+    PromptBuilder,
+    PromptConfig,
+    note_fingerprint,
+    prefix_text,
+    sample_hashtags,
+)
 
 NOTE = {"title": "Best grinder for espresso", "content": "I want a burr grinder that works well for espresso shots.",
         "hashtags": ["coffee", "grinder", "espresso"], "category": "coffee"}
@@ -42,7 +49,7 @@ def test_encode_layout(tokenizer, version, task):
     assert inf.emb_index == len(inf.input_ids)
     assert enc.input_ids[0] == tokenizer.bos_token_id and enc.input_ids[-1] == tokenizer.eos_token_id
     # labels only on the output tokens and EOS
-    labelled = [t for t, l in zip(enc.input_ids, enc.labels) if l != -100]
+    labelled = [t for t, label in zip(enc.input_ids, enc.labels) if label != -100]
     expected = " coffee" if task == "category" else " coffee, espresso"
     assert tokenizer.decode(labelled[:-1]) == expected and labelled[-1] == tokenizer.eos_token_id
     text = tokenizer.decode(enc.input_ids)

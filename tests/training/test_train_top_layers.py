@@ -5,8 +5,8 @@ import torch
 
 from notellm.encoder import NoteEncoder
 from tests.support.models import tiny_llama
-from training.model import NoteLLMTrainModel, train_only_top_layers
 from training.config import TrainConfig
+from training.model import NoteLLMTrainModel, train_only_top_layers
 
 NOTES = [
     {"title": "Espresso grinder", "content": "Which burr grinder for espresso?", "hashtags": ["coffee"],

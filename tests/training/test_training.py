@@ -6,10 +6,10 @@ from collections import Counter
 import pytest
 
 from notellm.contracts import ContractError
+from tests.support.pairs import make_notes_and_pairs, write_dataset
 from training.config import TrainConfig, resolve_deepspeed_config
 from training.data import assign_tasks, batch_examples, clean_pairs, load_training_pairs, local_examples
 from training.sampler import UniqueNoteBatchSampler, plan_epoch
-from tests.support.pairs import make_notes_and_pairs, write_dataset
 
 
 def star_pairs(n=60):

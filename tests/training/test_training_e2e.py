@@ -13,10 +13,10 @@ import pytest
 
 from notellm.cli import EXIT_GATE_FAILED
 from notellm.encoder import NoteEncoder
-from training.config import TrainConfig
 from tests.support.models import tiny_llama
 from tests.support.pairs import write_dataset
 from tests.support.paths import REPO
+from training.config import TrainConfig
 
 pytestmark = pytest.mark.slow
 STEPS = 4
@@ -135,8 +135,8 @@ def test_zero3_exports_full_weights(setup):
 
 
 def test_overfit_raises_in_batch_accuracy(setup):
-    from training.evaluate import evaluate_encoder
     from training.data import load_training_pairs
+    from training.evaluate import evaluate_encoder
     from training.train import train
     root, base = setup
     cfg = TrainConfig.load(write_cfg(root, base, "overfit", max_steps=30, lr=2e-3, save_every=30, log_every=10))
