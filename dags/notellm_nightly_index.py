@@ -24,6 +24,14 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 from notellm_common import DEFAULT_ARGS, INDEX_ASSET, MODEL_ASSET
 
+# The Params' defaults and help come from the indexing stage's settings (standard library only).
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from indexing.config import INDEX_TYPES, EmbedConfig, GateConfig, IndexConfig, RetentionConfig
+from notellm.config import defaults, help_of
+
+_INDEX, _GATE = defaults(IndexConfig), defaults(GateConfig)
+
 
 @dag(
     dag_id="notellm_nightly_index",
@@ -35,12 +43,16 @@ from notellm_common import DEFAULT_ARGS, INDEX_ASSET, MODEL_ASSET
     tags=["notellm", "indexing", "faiss"],
     doc_md=__doc__,
     params={
-        "index_type": Param("auto", enum=["auto", "flat", "ivf", "hnsw"]),
-        "keep": Param(7, type="integer", minimum=1, description="snapshots to keep"),
-        "min_ann_recall": Param(0.95, type="number", description="ANN vs exact recall@100 floor"),
-        "max_recall_drop": Param(0.02, type="number",
-                                 description="allowed Recall@100 drop vs the live snapshot on test pairs"),
-        "incremental": Param(True, type="boolean", description="re-embed only new or changed notes"),
+        "index_type": Param(_INDEX["index_type"], enum=list(INDEX_TYPES),
+                            description=help_of(IndexConfig, "index_type")),
+        "keep": Param(defaults(RetentionConfig)["keep"], type="integer", minimum=1,
+                      description=help_of(RetentionConfig, "keep")),
+        "min_ann_recall": Param(_GATE["min_ann_recall"], type="number",
+                                description=help_of(GateConfig, "min_ann_recall")),
+        "max_recall_drop": Param(_GATE["max_recall_drop"], type="number",
+                                 description=help_of(GateConfig, "max_recall_drop")),
+        "incremental": Param(defaults(EmbedConfig)["incremental"], type="boolean",
+                             description=help_of(EmbedConfig, "incremental")),
     },
 )
 def notellm_nightly_index():
@@ -59,7 +71,7 @@ def notellm_nightly_index():
         splits = sorted(d for d in p["splits"].glob("dt=*") if (d / "_SUCCESS").exists() and d.name <= f"dt={ds}")
         if splits:
             cmd += ["--test-pairs", str(splits[-1] / "test_pairs"), "--pool", str(splits[-1] / "pool")]
-        cmd.append("--incremental" if params["incremental"] else "--full")
+        cmd.append("--incremental" if params["incremental"] else "--no-incremental")
         result = last_json_line(run_stage(cmd))
         outlet_events[INDEX_ASSET].extra = {"snapshot": result["snapshot"], "path": result["path"],
                                             "manifest_sha256": result["manifest_sha256"]}

@@ -33,31 +33,12 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from indexing.config import INDEX_TYPES, IndexConfig  # noqa: F401 (IndexConfig is defined there, once)
 from notellm.contracts import IDS
 
 log = logging.getLogger(__name__)
 
-INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 METRIC = "inner_product"
-
-
-@dataclasses.dataclass
-class IndexConfig:
-    index_type: str = "auto"
-    flat_max: int = 100_000
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 40
-    nlist: int | None = None            # default 4 * sqrt(n)
-    train_per_list: int = 64            # IVF training sample: train_per_list * nlist vectors
-    tune_recall: float = 0.97           # tuning target; a bit above the gate's 0.95 so the gate has slack
-    tune_k: int = 100
-    tune_queries: int = 200
-    use_gpu: bool = True
-    seed: int = 1234
-
-    def __post_init__(self):
-        if self.index_type not in INDEX_TYPES:
-            raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {self.index_type!r}")
 
 
 def choose_index_type(n: int, config: IndexConfig) -> str:
@@ -122,10 +103,10 @@ def build_index(note_ids, vectors: np.ndarray, config: IndexConfig = IndexConfig
         params.update(nlist=nlist)
     index = faiss.IndexIDMap2(base)
 
-    on_gpu = config.use_gpu and kind != "hnsw" and faiss.get_num_gpus() > 0
+    on_gpu = config.gpu and kind != "hnsw" and faiss.get_num_gpus() > 0
     work = faiss.index_cpu_to_all_gpus(index) if on_gpu else index
     if kind == "ivf":
-        sample = _sample_rows(n, config.train_per_list * params["nlist"], config.seed)
+        sample = sample_rows(n, config.train_per_list * params["nlist"], config.seed)
         work.train(x[sample])
         params["train_size"] = int(len(sample))
     work.add_with_ids(x, ids)
@@ -138,7 +119,11 @@ def build_index(note_ids, vectors: np.ndarray, config: IndexConfig = IndexConfig
     return BuiltIndex(index, kind, params, ids_table(note_ids), time.perf_counter() - t0, on_gpu)
 
 
-def _sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """Sorted row numbers of a uniform sample of ``size`` of ``n`` rows without
+    replacement (all rows when ``size >= n``); the same ``seed`` gives the same
+    sample. Used for the IVF training set, the tuning queries and the gate's
+    queries (each with its own seed, so they are different samples)."""
     if size >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
@@ -178,7 +163,7 @@ def apply_search_params(index: faiss.Index, index_type: str, params: dict) -> No
 def _tune(index, x, config: IndexConfig, name: str, candidates) -> int:
     n = x.shape[0]
     k = max(1, min(config.tune_k, n))
-    q = x[_sample_rows(n, config.tune_queries, config.seed + 1)]
+    q = x[sample_rows(n, config.tune_queries, config.seed + 1)]
     exact = exact_neighbors(x, q, k)
     best = candidates[-1]
     for value in candidates:

@@ -1,141 +1,65 @@
 """Command line of the indexing stage: ``python -m indexing.cli <command>``.
 
-Commands::
+Commands (settings: :mod:`indexing.config`, one dataclass each)::
 
     embed      embed the notes into the per-model embedding store (incremental by default; --full)
     build      build an index from stored embeddings into a directory (no publishing)
-    publish    embed + build + gate + publish in one go (the nightly DAG task); prints one JSON line
+    publish    embed + build + gate + publish in one go (the nightly DAG task)
     rollback   point CURRENT at an earlier snapshot (verified first)
-    info       print a snapshot's manifest (CURRENT by default)
+    info       a snapshot's manifest (CURRENT's by default) and the list of snapshots
     neighbors  nearest notes of a note in the live snapshot
     search     embed a text as a note with the snapshot's model and search the live snapshot
 
-Exit codes: 0 ok, 2 bad input (contract/snapshot/usage error), 3 quality gate failed.
+The command contract is :mod:`notellm.cli`'s: exactly one JSON result line on
+stdout (``command``, ``status``, ``timings_s`` and the command's fields; the
+hits of neighbors / search are a list under ``results``), logs on stderr, exit
+0 ok, 2 bad input (contract, snapshot or settings error), 3 quality gate
+refused. ``-k N`` and ``--full`` are kept as spellings of ``--k N`` and
+``--no-incremental``.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import datetime as dt
-import json
+import functools
 import logging
 import os
 import sys
 from pathlib import Path
 
-import contextlib
+from indexing.config import (
+    BuildArgs,
+    EmbedArgs,
+    EmbedConfig,
+    GateConfig,
+    IndexConfig,
+    InfoArgs,
+    NeighborsArgs,
+    PublishArgs,
+    RollbackArgs,
+    SearchArgs,
+    pick,
+)
+from notellm import cli
 
-from notellm.cli import EXIT_BAD_INPUT, EXIT_GATE_FAILED
+log = logging.getLogger(__name__)
 
-
-_OUT = sys.stdout
-
-
-def emit(text: str) -> None:
-    """Results go to the real stdout; everything libraries print goes to stderr (see main)."""
-    print(text, file=_OUT, flush=True)
-
-
-def _add_model_args(p):
-    p.add_argument("--model", type=Path, help="NoteLLM model directory (default: the approved model)")
-    p.add_argument("--models-root", type=Path, help="model registry root with APPROVED.json")
-
-
-def _add_embed_args(p):
-    p.add_argument("--notes", type=Path, required=True, help="notes Parquet (NOTES contract), e.g. <root>/notes/notes.parquet")
-    p.add_argument("--emb-root", type=Path, required=True, help="embedding store root")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--incremental", dest="incremental", action="store_true", default=True,
-                      help="reuse stored vectors of unchanged notes (default)")
-    mode.add_argument("--full", dest="incremental", action="store_false", help="re-embed every note")
-    p.add_argument("--shard-size", type=int, default=2048)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="auto = bf16 autocast on GPU and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
-    p.add_argument("--num-procs", type=int, default=1, help="local worker processes (one per GPU, or CPU)")
-    p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)),
-                   help="this worker's rank when launched externally (env RANK)")
-    p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
-                   help="number of externally launched workers (env WORLD_SIZE); run `embed --finalize` after all")
-    p.add_argument("--no-progress", action="store_true")
+PROG = "python -m indexing.cli"
+ALIASES = {"-k": "--k", "--full": "--no-incremental"}
 
 
-def _add_index_args(p):
-    p.add_argument("--index-type", choices=("auto", "flat", "ivf", "hnsw"), default="auto")
-    p.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4*sqrt(n))")
-    p.add_argument("--no-gpu", action="store_true", help="build on CPU even when FAISS sees GPUs")
+def _bad_input(fn):
+    """Snapshot errors, missing files, unknown notes and bad values are bad input (exit 2), as before."""
+    @functools.wraps(fn)
+    def wrapper(cfg, timer):
+        from indexing.snapshot import SnapshotError
+        try:
+            return fn(cfg, timer)
+        except (SnapshotError, FileNotFoundError, KeyError, ValueError) as exc:
+            raise cli.BadInput(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)) from exc
+    return wrapper
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m indexing.cli", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-
-    p = sub.add_parser("embed", help="embed notes into the embedding store")
-    _add_model_args(p)
-    _add_embed_args(p)
-    p.add_argument("--finalize", action="store_true",
-                   help="only check all shards of an externally launched multi-worker run and mark it complete")
-
-    p = sub.add_parser("build", help="build an index from the stored embeddings into --out")
-    _add_model_args(p)
-    p.add_argument("--notes", type=Path, required=True)
-    p.add_argument("--emb-root", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    _add_index_args(p)
-
-    p = sub.add_parser("publish", help="embed + build + gate + publish (nightly)")
-    _add_model_args(p)
-    _add_embed_args(p)
-    p.add_argument("--snapshot-root", type=Path, required=True)
-    p.add_argument("--date", type=dt.date.fromisoformat, default=None, help="snapshot date YYYY-MM-DD (default today UTC)")
-    p.add_argument("--test-pairs", type=Path, help="PAIRS Parquet (file or dt= folder) for the Recall@K gate")
-    p.add_argument("--pool", type=Path, help="POOL Parquet for the Recall@K gate")
-    p.add_argument("--min-ann-recall", type=float, default=0.95)
-    p.add_argument("--max-recall-drop", type=float, default=0.02)
-    p.add_argument("--keep", type=int, default=7, help="snapshots to retain (CURRENT is never deleted)")
-    _add_index_args(p)
-
-    p = sub.add_parser("rollback", help="point CURRENT at an earlier snapshot")
-    p.add_argument("--snapshot-root", type=Path, required=True)
-    p.add_argument("--to", required=True, help="snapshot directory name, e.g. 2026-11-24-1a2b3c4d")
-
-    p = sub.add_parser("info", help="print a snapshot manifest and the list of snapshots")
-    p.add_argument("--snapshot-root", type=Path, required=True)
-    p.add_argument("--name", default=None)
-    p.add_argument("--no-verify", action="store_true")
-
-    p = sub.add_parser("neighbors", help="nearest notes of a note")
-    p.add_argument("--snapshot-root", type=Path, required=True)
-    p.add_argument("--note-id", required=True)
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("--notes", type=Path, help="notes Parquet, to print titles")
-    p.add_argument("--name", default=None)
-
-    p = sub.add_parser("search", help="search the live snapshot with a text")
-    p.add_argument("--snapshot-root", type=Path, required=True)
-    p.add_argument("--text", required=True, help="embedded as a note whose title is the text")
-    p.add_argument("--content", default="", help="optional note content")
-    p.add_argument("--hashtags", default="", help="comma-separated hashtags")
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("--notes", type=Path, help="notes Parquet, to print titles")
-    p.add_argument("--name", default=None)
-    return parser
-
-
-def _embed_config(args):
-    from indexing.embed import EmbedConfig
-    return EmbedConfig(shard_size=args.shard_size, batch_size=args.batch_size, precision=args.precision,
-                       incremental=args.incremental, progress=not args.no_progress)
-
-
-def _index_config(args):
-    from indexing.build import IndexConfig
-    return IndexConfig(index_type=args.index_type, nlist=args.nlist, use_gpu=not args.no_gpu)
-
-
-def _titles(notes_path):
+def _titles(notes_path: Path | None) -> dict:
     if not notes_path:
         return {}
     from notellm.contracts import NOTES, read_table
@@ -143,128 +67,142 @@ def _titles(notes_path):
     return dict(zip(t.column("note_id").to_pylist(), t.column("title").to_pylist()))
 
 
-def _print_hits(hits, titles):
+def _hits(hits, titles: dict) -> list[dict]:
+    out = []
     for rank, (nid, score) in enumerate(hits, 1):
-        line = {"rank": rank, "note_id": nid, "score": round(float(score), 6)}
+        row = {"rank": rank, "note_id": nid, "score": round(float(score), 6)}
         if titles:
-            line["title"] = titles.get(nid)
-        emit(json.dumps(line, ensure_ascii=False))
+            row["title"] = titles.get(nid)
+        out.append(row)
+    return out
 
 
-def cmd_embed(args) -> int:
-    from indexing import embed, pipeline
-    model_dir = pipeline.resolve_model_dir(args.model, args.models_root)
-    config = _embed_config(args)
-    if args.finalize:
-        from notellm.contracts import NOTES, read_table
-        from notellm.encoder import SIDECAR, EncoderConfig
+# --------------------------------------------------------------------------- commands
+
+
+@_bad_input
+def cmd_embed(cfg: EmbedArgs, timer: cli.Timer) -> dict | None:
+    from indexing import pipeline
+    model_dir = pipeline.resolve_model_dir(cfg.model, cfg.models_root)
+    config = pick(EmbedConfig, cfg)
+    if cfg.finalize:
+        return _finalize(cfg, model_dir, config, timer)
+    rank = cfg.rank if cfg.rank is not None else int(os.environ.get("RANK", 0))
+    world = cfg.world_size if cfg.world_size is not None else int(os.environ.get("WORLD_SIZE", 1))
+    with timer.phase("embed"):
+        stats = pipeline.run_embed(model_dir, cfg.notes, cfg.emb_root, config, cfg.num_procs, rank, world)
+    if rank != 0:
+        return None   # one result line per launch: rank 0's (`embed --finalize` reports the whole store)
+    return {"emb_dir": str(cfg.emb_root), "model_dir": str(model_dir), **stats}
+
+
+def _finalize(cfg: EmbedArgs, model_dir: Path, config: EmbedConfig, timer: cli.Timer) -> dict:
+    from indexing import store
+    from notellm.contracts import NOTES, read_table
+    from notellm.encoder import SIDECAR, EncoderConfig
+    with timer.phase("finalize"):
         enc = EncoderConfig.from_json(model_dir / SIDECAR)
-        plan, _ = embed.make_plan(read_table(args.notes, NOTES), enc.prompt_config, config.shard_size)
-        embed.finalize(args.emb_root, enc.model_id, plan)
-        emit(json.dumps({"finalized": str(args.emb_root / enc.model_id), "notes": len(plan.note_ids)}))
-        return 0
-    stats = pipeline.run_embed(model_dir, args.notes, args.emb_root, config, args.num_procs, args.rank,
-                               args.world_size)
-    emit(json.dumps({"emb_dir": str(args.emb_root), "model_dir": str(model_dir), **stats}))
-    return 0
+        plan, _ = store.make_plan(read_table(cfg.notes, NOTES), enc.prompt_config, config.shard_size)
+        store.finalize(cfg.emb_root, enc.model_id, plan)
+    return {"finalized": str(cfg.emb_root / enc.model_id), "notes": len(plan.note_ids)}
 
 
-def cmd_build(args) -> int:
+@_bad_input
+def cmd_build(cfg: BuildArgs, timer: cli.Timer) -> dict:
     import faiss
 
     from indexing import build, pipeline
     from notellm.contracts import IDS, write_table
-    model_dir = pipeline.resolve_model_dir(args.model, args.models_root)
-    _, ids, vecs, enc = pipeline.load_corpus_vectors(model_dir, args.notes, args.emb_root)
-    built = build.build_index(ids, vecs, _index_config(args))
-    args.out.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(built.index, str(args.out / "index.faiss"))
-    write_table(built.ids, args.out / "ids.parquet", IDS)
-    info = {"out": str(args.out), "model_id": enc.model_id, "num_vectors": len(ids), "index": built.description,
+    from notellm.files import atomic_path, atomic_write_json
+    model_dir = pipeline.resolve_model_dir(cfg.model, cfg.models_root)
+    with timer.phase("load"):
+        _, ids, vecs, enc = pipeline.load_corpus_vectors(model_dir, cfg.notes, cfg.emb_root)
+    with timer.phase("build"):
+        built = build.build_index(ids, vecs, pick(IndexConfig, cfg))
+    info = {"out": str(cfg.out), "model_id": enc.model_id, "num_vectors": len(ids), "index": built.description,
             "build_seconds": round(built.build_seconds, 3), "on_gpu": built.on_gpu}
-    (args.out / "build.json").write_text(json.dumps(info, indent=2))
-    emit(json.dumps(info))
-    return 0
+    with timer.phase("write"):
+        with atomic_path(cfg.out / "index.faiss") as tmp:
+            faiss.write_index(built.index, str(tmp))
+        write_table(built.ids, cfg.out / "ids.parquet", IDS)
+        atomic_write_json(cfg.out / "build.json", info)
+    return info
 
 
-def cmd_publish(args) -> int:
+@_bad_input
+def cmd_publish(cfg: PublishArgs, timer: cli.Timer) -> dict:
+    import datetime as dt
+
     from indexing import pipeline
-    from indexing.gate import GateConfig
-    model_dir = pipeline.resolve_model_dir(args.model, args.models_root)
-    config = pipeline.NightlyConfig(embed=_embed_config(args), index=_index_config(args),
-                                    gate=GateConfig(min_ann_recall=args.min_ann_recall,
-                                                    max_recall_drop=args.max_recall_drop),
-                                    keep=args.keep, num_procs=args.num_procs)
-    result = pipeline.run_nightly(notes_path=args.notes, model_dir=model_dir, emb_root=args.emb_root,
-                                  snapshot_root=args.snapshot_root, date=args.date or pipeline.today(),
-                                  config=config, pairs_path=args.test_pairs, pool_path=args.pool)
-    emit(json.dumps(result))
-    return 0
+    model_dir = pipeline.resolve_model_dir(cfg.model, cfg.models_root)
+    config = pipeline.NightlyConfig(embed=pick(EmbedConfig, cfg), index=pick(IndexConfig, cfg),
+                                    gate=pick(GateConfig, cfg), keep=cfg.keep, num_procs=cfg.num_procs)
+    date = dt.date.fromisoformat(cfg.date) if cfg.date else pipeline.today()
+    return pipeline.run_nightly(notes_path=cfg.notes, model_dir=model_dir, emb_root=cfg.emb_root,
+                                snapshot_root=cfg.snapshot_root, date=date, config=config,
+                                pairs_path=cfg.test_pairs, pool_path=cfg.pool, timer=timer)
 
 
-def cmd_rollback(args) -> int:
+@_bad_input
+def cmd_rollback(cfg: RollbackArgs, timer: cli.Timer) -> dict:
     from indexing.publish import rollback
-    emit(json.dumps(rollback(args.snapshot_root, args.to)))
-    return 0
+    with timer.phase("rollback"):
+        return rollback(cfg.snapshot_root, cfg.to)
 
 
-def cmd_info(args) -> int:
+@_bad_input
+def cmd_info(cfg: InfoArgs, timer: cli.Timer) -> dict:
     from indexing.publish import list_snapshots
     from indexing.snapshot import Snapshot, current_name
-    snap = Snapshot.open(args.snapshot_root, args.name, verify=not args.no_verify)
-    emit(json.dumps({"current": current_name(args.snapshot_root), "opened": snap.name,
-                      "snapshots": [s["name"] for s in list_snapshots(args.snapshot_root)],
-                      "manifest": snap.info()}))
-    return 0
+    with timer.phase("open"):
+        snap = Snapshot.open(cfg.snapshot_root, cfg.name, verify=cfg.verify)
+    return {"current": current_name(cfg.snapshot_root), "opened": snap.name,
+            "snapshots": [s["name"] for s in list_snapshots(cfg.snapshot_root)], "manifest": snap.info()}
 
 
-def cmd_neighbors(args) -> int:
+@_bad_input
+def cmd_neighbors(cfg: NeighborsArgs, timer: cli.Timer) -> dict:
     from indexing.snapshot import Snapshot
-    snap = Snapshot.open(args.snapshot_root, args.name)
-    _print_hits(snap.neighbors(args.note_id, args.k), _titles(args.notes))
-    return 0
+    with timer.phase("open"):
+        snap = Snapshot.open(cfg.snapshot_root, cfg.name)
+    with timer.phase("search"):
+        hits = snap.neighbors(cfg.note_id, cfg.k)
+    return {"snapshot": snap.name, "note_id": cfg.note_id, "k": cfg.k, "results": _hits(hits, _titles(cfg.notes))}
 
 
-def cmd_search(args) -> int:
+@_bad_input
+def cmd_search(cfg: SearchArgs, timer: cli.Timer) -> dict:
     from indexing.pipeline import load_encoder
     from indexing.snapshot import Snapshot
-    snap = Snapshot.open(args.snapshot_root, args.name)
-    encoder = load_encoder(Path(snap.info()["model"]["path"]))
-    if encoder.config.model_id != snap.info()["model"]["model_id"]:
-        raise RuntimeError(f"model at {snap.info()['model']['path']} is {encoder.config.model_id}, "
-                           f"the snapshot was built with {snap.info()['model']['model_id']}")
-    note = {"title": args.text, "content": args.content,
-            "hashtags": [h.strip() for h in args.hashtags.split(",") if h.strip()]}
-    vec = encoder.embed_notes([note], batch_size=1)
-    ids, scores = snap.search(vec, args.k)
-    _print_hits([(n, s) for n, s in zip(ids[0], scores[0]) if n is not None], _titles(args.notes))
-    return 0
+    with timer.phase("open"):
+        snap = Snapshot.open(cfg.snapshot_root, cfg.name)
+        model = snap.info()["model"]
+        encoder = load_encoder(Path(model["path"]))
+    if encoder.config.model_id != model["model_id"]:
+        raise cli.BadInput(f"model at {model['path']} is {encoder.config.model_id}, "
+                           f"the snapshot was built with {model['model_id']}")
+    note = {"title": cfg.text, "content": cfg.content,
+            "hashtags": [h.strip() for h in cfg.hashtags.split(",") if h.strip()]}
+    with timer.phase("search"):
+        ids, scores = snap.search(encoder.embed_notes([note], batch_size=1), cfg.k)
+    hits = [(n, s) for n, s in zip(ids[0], scores[0]) if n is not None]
+    return {"snapshot": snap.name, "k": cfg.k, "results": _hits(hits, _titles(cfg.notes))}
 
 
-COMMANDS = {"embed": cmd_embed, "build": cmd_build, "publish": cmd_publish, "rollback": cmd_rollback,
-            "info": cmd_info, "neighbors": cmd_neighbors, "search": cmd_search}
+COMMANDS = {
+    "embed": cli.Subcommand(EmbedArgs, cmd_embed, "embed notes into the embedding store"),
+    "build": cli.Subcommand(BuildArgs, cmd_build, "build an index from the stored embeddings into --out"),
+    "publish": cli.Subcommand(PublishArgs, cmd_publish, "embed + build + gate + publish (nightly)"),
+    "rollback": cli.Subcommand(RollbackArgs, cmd_rollback, "point CURRENT at an earlier snapshot"),
+    "info": cli.Subcommand(InfoArgs, cmd_info, "a snapshot's manifest and the list of snapshots"),
+    "neighbors": cli.Subcommand(NeighborsArgs, cmd_neighbors, "nearest notes of a note"),
+    "search": cli.Subcommand(SearchArgs, cmd_search, "search the live snapshot with a text"),
+}
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from indexing.gate import GateFailed
-    from indexing.snapshot import SnapshotError
-    from notellm.contracts import ContractError
-    global _OUT
-    _OUT = sys.stdout
-    try:
-        # Libraries (DeepSpeed's accelerator probe, tqdm, transformers) print to stdout;
-        # the DAG parses our stdout as JSON lines, so send theirs to stderr.
-        with contextlib.redirect_stdout(sys.stderr):
-            return COMMANDS[args.cmd](args)
-    except GateFailed as exc:
-        print(f"quality gate failed: {exc}", file=sys.stderr)
-        return EXIT_GATE_FAILED
-    except (ContractError, SnapshotError, FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+def main(argv: list[str] | None = None) -> int:
+    argv = [ALIASES.get(a, a) for a in (sys.argv[1:] if argv is None else [str(a) for a in argv])]
+    return cli.main(COMMANDS, argv=argv, prog=PROG, description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

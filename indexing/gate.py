@@ -5,7 +5,7 @@
 
        recall@K = mean_q |ANN_K(q) intersect Exact_K(q)| / K,   K = min(K, n)
 
-   must be >= ``min_ann_recall`` (default 0.95 at K = 100).
+   must be >= ``min_ann_recall`` (defaults in :class:`indexing.config.GateConfig`).
 2. Retrieval quality, when test pairs and a test pool are given: Recall@K of
    the related note (NoteLLM protocol, :func:`notellm.metrics.recall_at_k`
    over the pool) must not fall by more than ``max_recall_drop`` (absolute)
@@ -20,42 +20,31 @@ stays where it was.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
 
-from indexing.build import BuiltIndex, exact_neighbors, normalize, recall_vs_exact, _sample_rows
+from indexing.build import BuiltIndex, exact_neighbors, normalize, recall_vs_exact, sample_rows
+from indexing.config import GateConfig
+from notellm.cli import GateRefused
 from notellm.metrics import recall_at_k, test_set_fingerprint
 
 log = logging.getLogger(__name__)
 
 
-class GateFailed(RuntimeError):
-    """The new index is not good enough to publish; the live snapshot is kept."""
-
-
-@dataclasses.dataclass
-class GateConfig:
-    min_ann_recall: float = 0.95
-    ann_k: int = 100
-    ann_queries: int = 500
-    recall_k: int = 100                  # the related-note Recall@K compared against the live snapshot
-    recall_ks: tuple = (10, 50, 100, 1000)
-    max_recall_drop: float = 0.02
-    seed: int = 99
+class GateFailed(GateRefused):
+    """The new index is not good enough to publish; the live snapshot is kept
+    (the command contract maps it to exit 3, gate refused: not worth a retry)."""
 
 
 def ann_recall(built: BuiltIndex, vectors: np.ndarray, config: GateConfig) -> dict:
     x = normalize(vectors)
     n = x.shape[0]
     k = max(1, min(config.ann_k, n))
-    q = x[_sample_rows(n, config.ann_queries, config.seed)]  # a different sample than tuning used
+    q = x[sample_rows(n, config.ann_queries, config.gate_seed)]  # a different sample than tuning used
     exact = exact_neighbors(x, q, k)
     approx = built.index.search(q, k)[1]
     return {"k": k, "queries": int(len(q)), "recall": float(recall_vs_exact(approx, exact))}
-
-
 
 
 def related_recall(note_ids: list, vectors: np.ndarray, pairs: list, pool_ids: list, ks) -> dict:
@@ -92,7 +81,8 @@ def run_gate(built: BuiltIndex, note_ids: list, vectors: np.ndarray, config: Gat
     ann = metrics["ann"]
     if ann["recall"] < config.min_ann_recall:
         raise GateFailed(f"ANN recall@{ann['k']} vs exact search is {ann['recall']:.4f} < "
-                         f"{config.min_ann_recall} ({built.index_type} {built.params}); not publishing")
+                         f"{config.min_ann_recall} ({built.index_type} {built.params}); not publishing",
+                         {"metrics": metrics})
     if pairs:
         if not pool_ids:
             raise ValueError("test pairs given without a test pool")
@@ -112,7 +102,7 @@ def run_gate(built: BuiltIndex, note_ids: list, vectors: np.ndarray, config: Gat
         if baseline is not None and new < baseline - config.max_recall_drop:
             raise GateFailed(f"related-note Recall@{config.recall_k} fell from {baseline:.4f} "
                              f"({source}) to {new:.4f}, more than the allowed {config.max_recall_drop}; "
-                             f"not publishing, the live snapshot stays")
+                             f"not publishing, the live snapshot stays", {"metrics": metrics})
     return metrics
 
 

@@ -48,16 +48,28 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from indexing.build import BuiltIndex
-from notellm.files import fsync_dir, fsync_file, pid_alive, sha256_file, write_bytes_durable
-from indexing.snapshot import (CURRENT, IDS_FILE, INDEX_FILE, MANIFEST, Snapshot, SnapshotError, check_name,
-                               current_name, read_manifest, snapshots_dir)
+from indexing.config import RetentionConfig
+from indexing.snapshot import (
+    CURRENT,
+    IDS_FILE,
+    INDEX_FILE,
+    MANIFEST,
+    Snapshot,
+    SnapshotError,
+    check_name,
+    current_name,
+    read_manifest,
+    snapshots_dir,
+)
+from notellm.config import defaults
 from notellm.contracts import IDS, MANIFEST_FORMAT_VERSION, validate_manifest, write_table
+from notellm.files import fsync_dir, fsync_file, pid_alive, sha256_file, write_bytes_durable
 
 log = logging.getLogger(__name__)
 
 STEPS = ("files_written", "validated", "before_rename", "after_rename", "pointer_temp_written",
          "pointer_swapped", "retention_done")
-DEFAULT_KEEP = 7
+DEFAULT_KEEP = defaults(RetentionConfig)["keep"]
 TMP_PREFIX = ".tmp-"
 
 Hook = Callable[[str], None]
@@ -95,52 +107,18 @@ def publish(root: str | os.PathLike, built: BuiltIndex, *, date, model: dict, co
     root = Path(root)
     snaps = snapshots_dir(root)
     snaps.mkdir(parents=True, exist_ok=True)
-    base_id = snapshot_id(date, model["model_id"])
-    index_spec = built.description
-
-    # Idempotency: an identical revision of this date + model already there?
-    name, revision = base_id, 1
-    while (snaps / name).exists():
-        try:
-            existing = read_manifest(snaps / name)
-        except SnapshotError:
-            existing = None
-        if existing and existing.get("content_sha256") == content_sha256 and existing["index"] == index_spec:
-            Snapshot.open(root, name, verify=True)  # only point at what verifies
-            _swap_pointer(snaps, name, hook)
-            log.info("snapshot %s already published with identical content; CURRENT -> %s", name, name)
-            return {"snapshot": name, "path": str(snaps / name), "published": False,
-                    "manifest_sha256": sha256_file(snaps / name / MANIFEST)}
-        revision += 1
-        name = f"{base_id}.{revision}"
+    name, identical = _revision(snaps, snapshot_id(date, model["model_id"]), content_sha256, built.description)
+    if identical:
+        Snapshot.open(root, name, verify=True)  # only point at what verifies
+        _swap_pointer(snaps, name, hook)
+        log.info("snapshot %s already published with identical content; CURRENT -> %s", name, name)
+        return _result(snaps, name, published=False)
 
     tmp = snaps / f"{TMP_PREFIX}{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    faiss.write_index(built.index, str(tmp / INDEX_FILE))
-    write_table(built.ids, tmp / IDS_FILE, IDS)
-    files = {}
-    for fname in (INDEX_FILE, IDS_FILE):
-        fsync_file(tmp / fname)
-        files[fname] = {"sha256": sha256_file(tmp / fname), "bytes": (tmp / fname).stat().st_size}
-    manifest = {
-        "format_version": MANIFEST_FORMAT_VERSION,
-        "snapshot_id": name,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "files": files,
-        "num_vectors": int(built.index.ntotal),
-        "dim": int(built.index.d),
-        "index": index_spec,
-        "model": dict(model),
-        "data_window": dict(data_window or {"start": None, "end": None}),
-        "metrics": dict(metrics),
-        "content_sha256": content_sha256,
-        "build": {"seconds": round(built.build_seconds, 3), "on_gpu": built.on_gpu, "faiss": faiss.__version__},
-    }
-    validate_manifest(manifest, str(tmp / MANIFEST))
-    write_bytes_durable(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
-    fsync_dir(tmp)
+    manifest = _write_files(tmp, built, _manifest(name, built, model, metrics, data_window, content_sha256))
     hook("files_written")
 
     _validate_dir(tmp, manifest)
@@ -155,8 +133,60 @@ def publish(root: str | os.PathLike, built: BuiltIndex, *, date, model: dict, co
 
     retention(root, keep)
     hook("retention_done")
-    return {"snapshot": name, "path": str(snaps / name), "published": True,
+    return _result(snaps, name, published=True)
+
+
+def _result(snaps: Path, name: str, published: bool) -> dict:
+    return {"snapshot": name, "path": str(snaps / name), "published": published,
             "manifest_sha256": sha256_file(snaps / name / MANIFEST)}
+
+
+def _revision(snaps: Path, base_id: str, content_sha256: str, index_spec: dict) -> tuple[str, bool]:
+    """(name, identical): the existing revision of this date + model with the same
+    content and index spec (identical=True), else the first free revision name."""
+    name, revision = base_id, 1
+    while (snaps / name).exists():
+        try:
+            existing = read_manifest(snaps / name)
+        except SnapshotError:
+            existing = None
+        if existing and existing.get("content_sha256") == content_sha256 and existing["index"] == index_spec:
+            return name, True
+        revision += 1
+        name = f"{base_id}.{revision}"
+    return name, False
+
+
+def _manifest(name: str, built: BuiltIndex, model: dict, metrics: dict, data_window: dict | None,
+              content_sha256: str) -> dict:
+    """The manifest without its ``files`` (filled in once they are written)."""
+    return {
+        "format_version": MANIFEST_FORMAT_VERSION,
+        "snapshot_id": name,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": {},
+        "num_vectors": int(built.index.ntotal),
+        "dim": int(built.index.d),
+        "index": built.description,
+        "model": dict(model),
+        "data_window": dict(data_window or {"start": None, "end": None}),
+        "metrics": dict(metrics),
+        "content_sha256": content_sha256,
+        "build": {"seconds": round(built.build_seconds, 3), "on_gpu": built.on_gpu, "faiss": faiss.__version__},
+    }
+
+
+def _write_files(tmp: Path, built: BuiltIndex, manifest: dict) -> dict:
+    """Index, ids and manifest (with each file's sha256 and size) into ``tmp``, all fsynced."""
+    faiss.write_index(built.index, str(tmp / INDEX_FILE))
+    write_table(built.ids, tmp / IDS_FILE, IDS)
+    for fname in (INDEX_FILE, IDS_FILE):
+        fsync_file(tmp / fname)
+        manifest["files"][fname] = {"sha256": sha256_file(tmp / fname), "bytes": (tmp / fname).stat().st_size}
+    validate_manifest(manifest, str(tmp / MANIFEST))
+    write_bytes_durable(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    fsync_dir(tmp)
+    return manifest
 
 
 def _validate_dir(snap_dir: Path, manifest: dict) -> None:
@@ -201,8 +231,7 @@ def list_snapshots(root: str | os.PathLike) -> list[dict]:
 def retention(root: str | os.PathLike, keep: int = DEFAULT_KEEP) -> list[str]:
     """Keep the newest ``keep`` snapshots and the CURRENT one; remove the rest and
     temporary directories left by dead publishers. Returns the removed names."""
-    if keep < 1:
-        raise ValueError("keep must be >= 1")
+    RetentionConfig(keep=keep)  # refuses keep < 1
     snaps = snapshots_dir(root)
     live = current_name(root)
     removed = []

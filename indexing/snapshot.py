@@ -25,8 +25,8 @@ import faiss
 import numpy as np
 
 from indexing.build import apply_search_params, normalize
-from notellm.files import sha256_file
 from notellm.contracts import IDS, ContractError, read_table, validate_manifest
+from notellm.files import sha256_file
 
 SNAPSHOTS = "snapshots"
 CURRENT = "CURRENT"
@@ -82,7 +82,8 @@ def verify_files(snap_dir: Path, manifest: dict, checksums: bool = True) -> None
         if checksums:
             digest = sha256_file(path)
             if digest != meta["sha256"]:
-                raise SnapshotError(f"{path}: sha256 {digest} does not match the manifest's {meta['sha256']} (corrupted)")
+                raise SnapshotError(f"{path}: sha256 {digest} does not match the manifest's {meta['sha256']} "
+                                    "(corrupted)")
     for required in (INDEX_FILE, IDS_FILE):
         if required not in manifest["files"]:
             raise SnapshotError(f"{snap_dir / MANIFEST}: files lists no {required}")

@@ -9,11 +9,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from indexing.embed import (EmbedConfig, embed_corpus, embed_multiprocess, existing_shards, finalize,
-                            load_embeddings, make_plan)
-from tests.support.notes import make_notes, notes_table, synthetic_note, write_notes
+from indexing.embed import EmbedConfig, embed_corpus
+from indexing.launch import embed_multiprocess
+from indexing.store import existing_shards, finalize, load_embeddings, make_plan
 from notellm.contracts import ContractError, require_success
 from notellm.encoder import NoteEncoder
+from tests.support.notes import make_notes, notes_table, synthetic_note, write_notes
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 
 from indexing.build import IndexConfig, build_index, choose_index_type, default_nlist, set_search_param
 from indexing.gate import GateConfig, GateFailed, related_recall, run_gate
-from tests.support.notes import clustered_vectors
 from notellm.metrics import recall_at_k
+from tests.support.notes import clustered_vectors
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from notellm.files import sha256_file
+from indexing.embed import EmbedConfig
 from indexing.gate import GateConfig, GateFailed
 from indexing.pipeline import NightlyConfig, run_nightly
-from indexing.embed import EmbedConfig
 from indexing.snapshot import Snapshot, current_name
+from notellm.contracts import PAIRS, POOL, write_table
+from notellm.files import sha256_file
+from notellm.registry import register
 from tests.support.models import tiny_model
 from tests.support.notes import make_notes, write_notes
-from notellm.contracts import PAIRS, POOL, write_table
-from notellm.registry import register
 from tests.support.paths import REPO
-
 
 
 def cli_inprocess(capsys, *args):
@@ -67,28 +66,36 @@ def test_cli_publish_info_neighbors_search_rollback(tmp_path, capsys, tiny_encod
     info = json.loads(cli_inprocess(capsys, "info", "--snapshot-root", tmp_path / "idx").stdout)
     assert info["current"] == second["snapshot"] and len(info["snapshots"]) == 2
 
-    out = cli_inprocess(capsys, "neighbors", "--snapshot-root", tmp_path / "idx", "--note-id", "n00003", "-k", 5,
-              "--notes", notes_path).stdout.splitlines()
-    hits = [json.loads(line) for line in out]
+    out = json.loads(cli_inprocess(capsys, "neighbors", "--snapshot-root", tmp_path / "idx", "--note-id", "n00003",
+                                   "-k", 5, "--notes", notes_path).stdout)
+    hits = out["results"]
     titles = {n["note_id"]: n["title"] for n in notes}
+    assert out["status"] == "ok" and out["snapshot"] == second["snapshot"]
     assert len(hits) == 5 and "n00003" not in [h["note_id"] for h in hits]
     assert all(h["title"] == titles[h["note_id"]] for h in hits)
 
     # Searching with a note's own title and content finds that note first.
     n = notes[9]
-    found = [json.loads(line) for line in cli_inprocess(capsys, "search", "--snapshot-root", tmp_path / "idx", "--text", n["title"],
-                                              "--content", n["content"], "--hashtags", ",".join(n["hashtags"]),
-                                              "-k", 3).stdout.splitlines()]
+    found = json.loads(cli_inprocess(capsys, "search", "--snapshot-root", tmp_path / "idx", "--text", n["title"],
+                                     "--content", n["content"], "--hashtags", ",".join(n["hashtags"]),
+                                     "-k", 3).stdout)["results"]
+    assert len(found) == 3
     assert found[0]["note_id"] == n["note_id"] and found[0]["score"] == pytest.approx(1.0, abs=1e-4)
 
-    back = json.loads(cli_inprocess(capsys, "rollback", "--snapshot-root", tmp_path / "idx", "--to", first["snapshot"]).stdout)
-    assert back == {"current": first["snapshot"], "previous": second["snapshot"]}
+    back = json.loads(cli_inprocess(capsys, "rollback", "--snapshot-root", tmp_path / "idx", "--to",
+                                    first["snapshot"]).stdout)
+    assert back["status"] == "ok" and back["command"] == "rollback"
+    assert {k: back[k] for k in ("current", "previous")} == {"current": first["snapshot"],
+                                                             "previous": second["snapshot"]}
 
     bad = cli_inprocess(capsys, "rollback", "--snapshot-root", tmp_path / "idx", "--to", "2020-01-01-nothere")
-    assert bad.returncode == 2 and "does not exist" in bad.stderr
+    assert bad.returncode == 2
+    assert json.loads(bad.stdout)["status"] == "bad_input" and "does not exist" in json.loads(bad.stdout)["error"]
     gate = cli_inprocess(capsys, "publish", "--model", model_dir, "--date", "2026-11-26", "--min-ann-recall", "1.01",
-                         *common)
-    assert gate.returncode == 3 and "quality gate failed" in gate.stderr
+                         "--set", "ann_queries=24", *common)
+    refused = json.loads(gate.stdout)
+    assert gate.returncode == 3 and refused["status"] == "gate_refused"
+    assert "ANN recall@" in refused["error"] and refused["metrics"]["ann"]["queries"] == 24
     assert current_name(tmp_path / "idx") == first["snapshot"]
 
 
@@ -110,7 +117,8 @@ def test_recall_gate_refuses_a_worse_model_and_keeps_current(tmp_path, tiny_enco
     np.fill_diagonal(sim, -np.inf)
     pairs = [(ids[i], ids[int(sim[i].argmax())]) for i in range(len(ids))]
     write_table(pa.table({"src_note_id": [a for a, _ in pairs], "dst_note_id": [b for _, b in pairs],
-                          "score": [1.0] * len(pairs), "n_users": [1] * len(pairs), "rank": pa.array([1] * len(pairs), pa.int32()),
+                          "score": [1.0] * len(pairs), "n_users": [1] * len(pairs),
+                          "rank": pa.array([1] * len(pairs), pa.int32()),
                           "window_start": pa.array([dt.date(2026, 11, 1)] * len(pairs), pa.date32()),
                           "window_end": pa.array([dt.date(2026, 11, 20)] * len(pairs), pa.date32())}),
                 tmp_path / "pairs.parquet", PAIRS)

@@ -1,0 +1,245 @@
+"""Settings of the indexing stage, each defined once (:mod:`notellm.config`).
+
+* Engine settings, used by the library code and the CLI alike:
+  :class:`EmbedConfig` (the embedding run), :class:`IndexConfig` (index key and
+  search-parameter tuning, as data: autofaiss's idea), :class:`GateConfig` (the
+  quality gate before publishing) and :class:`RetentionConfig` (snapshots kept).
+* One config per ``python -m indexing.cli`` subcommand (``*Args``), composed
+  from the engine settings and a few shared groups, so every engine field is
+  also a flag (``--index-type``, ``--tune-recall``, ``--min-ann-recall`` ...).
+
+Standard library and :mod:`notellm.config` only: the nightly DAG reads the
+gate and retention defaults from here at parse time
+(``notellm.config.defaults(GateConfig)``), so they are written nowhere else.
+
+Invalid values raise :class:`notellm.config.ConfigError` (a ``ValueError``;
+the command contract maps it to exit 2, bad input) when a config is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+from notellm.config import ConfigError, option
+from notellm.precision import PRECISIONS
+
+INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
+
+
+class Settings:
+    """Mixin: building a config runs the ``_check`` of every class it is made of."""
+
+    def __post_init__(self) -> None:
+        for klass in reversed(type(self).__mro__):
+            check = vars(klass).get("_check")
+            if check is not None:
+                check(self)
+
+
+def _positive(cfg, *names: str) -> None:
+    bad = [n for n in names if getattr(cfg, n) is not None and getattr(cfg, n) <= 0]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)} must be positive")
+
+
+def _fraction(cfg, *names: str) -> None:
+    bad = [n for n in names if not 0.0 <= getattr(cfg, n) <= 1.0]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)} must lie in [0, 1]")
+
+
+# --------------------------------------------------------------------------- engine settings
+
+
+@dataclasses.dataclass
+class EmbedConfig(Settings):
+    """Knobs of an embedding run (see :mod:`indexing.embed`)."""
+
+    shard_size: int = option(2048, help="notes per stored shard: the unit of resuming and of worker sharding")
+    batch_size: int = option(32, help="notes per forward pass (batches are length-sorted)")
+    precision: str = option("auto", choices=PRECISIONS,
+                            help="auto = bf16 autocast on GPU and on CPUs with native bf16 (AVX512-BF16/AMX), "
+                                 "else fp32")
+    incremental: bool = option(True, help="reuse the stored vectors of unchanged notes; --no-incremental "
+                                          "(or --full) re-embeds every note")
+    progress: bool = option(True, help="show a progress bar (notes/s) on stderr")
+
+    def _check(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _positive(self, "shard_size", "batch_size")
+
+
+@dataclasses.dataclass
+class IndexConfig(Settings):
+    """Index key and search parameters (see :mod:`indexing.build`)."""
+
+    index_type: str = option("auto", choices=INDEX_TYPES,
+                             help="auto = exact flat index up to --flat-max vectors, IVF above; hnsw only when asked")
+    flat_max: int = option(100_000, help="largest corpus the auto type serves with an exact flat index")
+    hnsw_m: int = option(32, help="HNSW graph degree M")
+    hnsw_ef_construction: int = option(40, help="HNSW efConstruction")
+    nlist: int | None = option(None, help="IVF lists (null: 4 * sqrt(n))")
+    train_per_list: int = option(64, help="IVF training sample size per list (sample = train_per_list * nlist)")
+    tune_recall: float = option(0.97, help="recall@tune_k vs exact search that nprobe / efSearch tuning aims for; "
+                                           "a bit above the gate's min_ann_recall so the gate has slack")
+    tune_k: int = option(100, help="K of the tuning recall")
+    tune_queries: int = option(200, help="sampled corpus vectors used as tuning queries")
+    gpu: bool = option(True, help="train and fill flat / IVF indexes on all GPUs when FAISS sees any "
+                                  "(--no-gpu: CPU); HNSW always builds on CPU")
+    seed: int = option(1234, help="seed of the IVF training sample, k-means and the tuning queries")
+
+    def _check(self) -> None:
+        if self.index_type not in INDEX_TYPES:
+            raise ConfigError(f"index_type must be one of {INDEX_TYPES}, got {self.index_type!r}")
+        _positive(self, "flat_max", "hnsw_m", "hnsw_ef_construction", "nlist", "train_per_list", "tune_k",
+                  "tune_queries")
+        _fraction(self, "tune_recall")
+
+
+@dataclasses.dataclass
+class GateConfig(Settings):
+    """The quality gate a new index passes before it is published (see :mod:`indexing.gate`)."""
+
+    min_ann_recall: float = option(0.95, help="floor of the ANN index's recall@ann_k against exact search")
+    ann_k: int = option(100, help="K of the ANN-vs-exact recall")
+    ann_queries: int = option(500, help="sampled corpus vectors used as ANN-vs-exact queries")
+    recall_k: int = option(100, help="K of the related-note Recall@K compared against the live snapshot")
+    recall_ks: tuple[int, ...] = option((10, 50, 100, 1000), help="related-note Recall@K values recorded in "
+                                                                  "the manifest")
+    max_recall_drop: float = option(0.02, help="largest allowed absolute drop of Recall@recall_k below the "
+                                               "live snapshot's on the test pairs")
+    gate_seed: int = option(99, help="seed of the ANN-vs-exact query sample (differs from the tuning sample)")
+
+    def _check(self) -> None:
+        _fraction(self, "max_recall_drop")   # min_ann_recall above 1 refuses every index (a test of the gate)
+        if self.min_ann_recall < 0:
+            raise ConfigError("min_ann_recall must be >= 0")
+        _positive(self, "ann_k", "ann_queries", "recall_k")
+
+
+@dataclasses.dataclass
+class RetentionConfig(Settings):
+    """How many published snapshots stay on disk (see :func:`indexing.publish.retention`)."""
+
+    keep: int = option(7, help="published snapshots to retain (the one CURRENT names is never deleted)")
+
+    def _check(self) -> None:
+        if self.keep < 1:
+            raise ConfigError("keep must be >= 1")
+
+
+def pick(cls: type, cfg) -> object:
+    """The ``cls`` part of a composed config: ``pick(IndexConfig, publish_args)``."""
+    return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if f.init})
+
+
+# --------------------------------------------------------------------------- shared CLI groups
+
+
+@dataclasses.dataclass(kw_only=True)
+class ModelArgs(Settings):
+    model: Path | None = option(None, help="NoteLLM model directory (default: the approved model of "
+                                           "--models-root)")
+    models_root: Path | None = option(None, help="model registry root holding APPROVED.json")
+
+
+@dataclasses.dataclass(kw_only=True)
+class StoreArgs(Settings):
+    notes: Path = option(help="notes Parquet (NOTES contract), e.g. <root>/notes/notes.parquet")
+    emb_root: Path = option(help="embedding store root (one folder per model id)")
+
+
+@dataclasses.dataclass(kw_only=True)
+class SnapshotArgs(Settings):
+    snapshot_root: Path = option(help="snapshot root (holds snapshots/ and snapshots/CURRENT)")
+
+
+@dataclasses.dataclass(kw_only=True)
+class QueryArgs(SnapshotArgs):
+    k: int = option(10, help="results to return (-k N works too)")
+    notes: Path | None = option(None, help="notes Parquet, to add each result's title")
+    name: str | None = option(None, help="snapshot directory name to query (default: the one CURRENT names)")
+
+    def _check(self) -> None:
+        _positive(self, "k")
+
+
+# --------------------------------------------------------------------------- one config per subcommand
+# (fields come in reverse order of the bases: the model and the store first in --help)
+
+
+@dataclasses.dataclass(kw_only=True)
+class EmbedArgs(EmbedConfig, StoreArgs, ModelArgs):
+    """Embed the notes into the per-model embedding store (incremental by default)."""
+
+    num_procs: int = option(1, help="local worker processes (one per GPU, or CPU threads split between them)")
+    rank: int | None = option(None, help="this worker's rank when launched externally (default: env RANK, else 0)")
+    world_size: int | None = option(None, help="externally launched workers (default: env WORLD_SIZE, else 1); "
+                                               "run `embed --finalize` once all have finished")
+    finalize: bool = option(False, help="only check every shard of an externally launched multi-worker run and "
+                                        "mark the store complete")
+
+    def _check(self) -> None:
+        _positive(self, "num_procs", "world_size")
+
+
+@dataclasses.dataclass(kw_only=True)
+class BuildArgs(IndexConfig, StoreArgs, ModelArgs):
+    """Build an index from the stored embeddings into --out (nothing is published)."""
+
+    out: Path = option(help="output directory: index.faiss, ids.parquet, build.json")
+
+
+@dataclasses.dataclass(kw_only=True)
+class PublishArgs(SnapshotArgs, RetentionConfig, GateConfig, IndexConfig, EmbedConfig, StoreArgs, ModelArgs):
+    """Embed + build + gate + publish in one go (the nightly DAG task)."""
+
+    num_procs: int = option(1, help="local embedding worker processes (one per GPU, or CPU)")
+    date: str | None = option(None, help="snapshot date YYYY-MM-DD (default: today, UTC)")
+    test_pairs: Path | None = option(None, help="PAIRS Parquet (file or dt= folder) for the related-note "
+                                                "Recall@K gate; needs --pool")
+    pool: Path | None = option(None, help="POOL Parquet for the Recall@K gate")
+
+    def _check(self) -> None:
+        _positive(self, "num_procs")
+        if self.date is not None:
+            try:
+                dt.date.fromisoformat(self.date)
+            except ValueError:
+                raise ConfigError(f"date {self.date!r} is not YYYY-MM-DD") from None
+        if self.test_pairs is not None and self.pool is None:
+            raise ConfigError("--test-pairs needs --pool")
+
+
+@dataclasses.dataclass(kw_only=True)
+class RollbackArgs(SnapshotArgs):
+    """Point CURRENT at an earlier snapshot (verified completely first)."""
+
+    to: str = option(help="snapshot directory name, e.g. 2026-11-24-1a2b3c4d")
+
+
+@dataclasses.dataclass(kw_only=True)
+class InfoArgs(SnapshotArgs):
+    """A snapshot's manifest (CURRENT's by default) and the list of snapshots."""
+
+    name: str | None = option(None, help="snapshot directory name (default: the one CURRENT names)")
+    verify: bool = option(True, help="check every file's sha256 against the manifest (--no-verify: sizes only)")
+
+
+@dataclasses.dataclass(kw_only=True)
+class NeighborsArgs(QueryArgs):
+    """The nearest notes of a note in the live snapshot (the note itself excluded)."""
+
+    note_id: str = option(help="the note whose neighbours to return")
+
+
+@dataclasses.dataclass(kw_only=True)
+class SearchArgs(QueryArgs):
+    """Embed a text as a note with the snapshot's model and search the live snapshot."""
+
+    text: str = option(help="embedded as a note whose title is the text")
+    content: str = option("", help="optional note content")
+    hashtags: str = option("", help="comma-separated hashtags")
