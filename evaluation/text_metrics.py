@@ -2,44 +2,32 @@
 
 The paper scores category generation by exact-match accuracy (plus the share of
 generated categories outside the known set) and hashtag generation by BLEU-4 and
-ROUGE-1/2/L against the note's held-out hashtags. Everything here is a pure
-function over token lists; the caller decides what a token is (for hashtags,
-one hashtag = one token, see :func:`parse_hashtags`; for prose, words).
+ROUGE-1/2/L against the note's held-out hashtags. BLEU comes from ``nltk``
+(``corpus_bleu``), ROUGE from Google's ``rouge-score``; this module only keeps
+what is specific to the report: the tokenisation of hashtags (one generated
+string -> normalised hashtags -> word tokens, :func:`parse_hashtags`,
+:func:`hashtag_words`), the corpus conventions below, and category accuracy.
 
-Conventions used throughout:
+Conventions (unchanged from the earlier hand-written implementation, whose
+values on fixed corpora the tests pin):
 
 * ``Count_s(g)`` is the number of times n-gram ``g`` occurs in token list ``s``;
   ``G_n(s)`` is the multiset of n-grams of ``s`` (``max(len(s) - n + 1, 0)`` of them).
-* One reference per candidate.
+* One reference per candidate; tokens are given, the libraries' own
+  tokenisers are bypassed (a hashtag word such as ``c#`` or ``node.js`` stays one token).
 * Scores are fractions in [0, 1]; the report multiplies by 100.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
+from fractions import Fraction
 from typing import Iterable, Sequence
 
 import numpy as np
 
 BLEU_MAX_N = 4
-
-
-def ngrams(tokens: Sequence[str], n: int) -> Counter:
-    """Multiset ``G_n(tokens)`` of n-grams (tuples), ``max(len - n + 1, 0)`` in total."""
-    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
-
-
-def _clipped_matches(cand: Sequence[str], ref: Sequence[str], n: int) -> tuple[int, int]:
-    """(sum_g min(Count_cand(g), Count_ref(g)), |G_n(cand)|) for one pair."""
-    c, r = ngrams(cand, n), ngrams(ref, n)
-    return sum(min(k, r[g]) for g, k in c.items()), max(len(cand) - n + 1, 0)
-
-
-def _brevity_penalty(c: int, r: int) -> float:
-    """BP = 1 if c > r else exp(1 - r / c)   (c > 0 assumed by the callers)."""
-    return 1.0 if c > r else math.exp(1.0 - r / c)
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
 def _check_parallel(candidates: Sequence, references: Sequence) -> None:
@@ -48,129 +36,91 @@ def _check_parallel(candidates: Sequence, references: Sequence) -> None:
                          "one reference per candidate is required")
 
 
+class _NoMatch(Exception):
+    """Some order n has no clipped match in the whole corpus: unsmoothed BLEU is 0."""
+
+
 def bleu4(candidates: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> float:
-    """Corpus-level BLEU-4 (Papineni et al., 2002), one reference per candidate, no smoothing.
+    """Corpus-level BLEU-4 (Papineni et al., 2002) by ``nltk.translate.bleu_score.corpus_bleu``,
+    one reference per candidate, no smoothing.
 
     Modified n-gram precision pooled over the corpus (clipped counts summed over
-    all sentences before dividing, as in the paper, not averaged per sentence)::
+    all sentences before dividing, not averaged per sentence)::
 
         p_n  = sum_i sum_{g in G_n(c_i)} min(Count_{c_i}(g), Count_{r_i}(g))
                / sum_i |G_n(c_i)|                                     n = 1..4
         BP   = 1 if c > r else exp(1 - r / c),   c = sum_i |c_i|,  r = sum_i |r_i|
         BLEU = BP * exp( sum_{n=1..4} (1/4) * log p_n )
 
-    Without smoothing the geometric mean is 0 as soon as one p_n is 0 (no
-    matching 4-gram anywhere in the corpus, or no candidate with 4 tokens at
-    all, which makes the denominator 0): then this returns exactly 0.0. It also
-    returns 0.0 for an empty corpus or when every candidate is empty (c = 0).
-    Use :func:`sentence_bleu4` with add-one smoothing to score single examples.
+    Two nltk conventions are undone through its smoothing hook, which receives
+    the pooled p_n as unreduced fractions: nltk counts a candidate shorter than
+    n as one n-gram in the denominator (``max(1, |G_n(c_i)|)``), here it counts
+    zero, as above (and as sacrebleu does); and where some p_n is 0 nltk warns
+    and returns about 1e-77, here BLEU is exactly 0.0 (no 4-gram match anywhere,
+    or no candidate with 4 tokens). Also 0.0 for an empty corpus or when every
+    candidate is empty (c = 0).
     """
+    from nltk.translate.bleu_score import corpus_bleu
+
     _check_parallel(candidates, references)
-    c = sum(len(x) for x in candidates)
-    r = sum(len(x) for x in references)
-    if c == 0:
+    cands = [list(c) for c in candidates]
+    if not any(cands):
         return 0.0
-    log_sum = 0.0
-    for n in range(1, BLEU_MAX_N + 1):
-        matched = total = 0
-        for cand, ref in zip(candidates, references):
-            m, t = _clipped_matches(cand, ref, n)
-            matched += m
-            total += t
-        if matched == 0 or total == 0:
-            return 0.0
-        log_sum += math.log(matched / total) / BLEU_MAX_N
-    return _brevity_penalty(c, r) * math.exp(log_sum)
+    short = [sum(1 for c in cands if len(c) < n) for n in range(1, BLEU_MAX_N + 1)]
 
+    def unsmoothed(p_n, **_):
+        if any(p.numerator == 0 for p in p_n):
+            raise _NoMatch
+        return [Fraction(p.numerator, p.denominator - s) for p, s in zip(p_n, short)]
 
-def sentence_bleu4(candidate: Sequence[str], reference: Sequence[str], smoothing: str = "add1") -> float:
-    """BLEU-4 of one candidate against one reference, for per-example display.
-
-    With ``m_n`` = clipped n-gram matches and ``l_n = max(len(cand) - n + 1, 0)``
-    the number of candidate n-grams:
-
-    * ``smoothing="add1"`` (Lin & Och 2004, ORANGE, "BLEU-S"): add one to the
-      numerator and the denominator of the precisions of order n > 1 only::
-
-          p_1 = m_1 / l_1,    p_n = (m_n + 1) / (l_n + 1)   for n = 2..4
-
-      so a short candidate without 4-gram matches still gets a non-zero score
-      (a 1-token candidate has l_n = 0 and p_n = 1 for n > 1). p_1 = 0 (no
-      unigram match, or an empty candidate) still gives 0.
-    * ``smoothing="none"``: p_n = m_n / l_n; 0 as soon as any p_n is 0
-      (identical to :func:`bleu4` on a one-sentence corpus).
-
-    ``BLEU = BP * exp(sum_n (1/4) log p_n)`` with BP as in :func:`bleu4`.
-    """
-    if smoothing == "none":
-        return bleu4([candidate], [reference])
-    if smoothing != "add1":
-        raise ValueError(f"unknown smoothing {smoothing!r} (expected 'add1' or 'none')")
-    if not candidate:
+    try:
+        return float(corpus_bleu([[list(r)] for r in references], cands, smoothing_function=unsmoothed))
+    except _NoMatch:
         return 0.0
-    log_sum = 0.0
-    for n in range(1, BLEU_MAX_N + 1):
-        m, t = _clipped_matches(candidate, reference, n)
-        if n == 1:
-            if m == 0:
-                return 0.0
-            p = m / t
-        else:
-            p = (m + 1) / (t + 1)
-        log_sum += math.log(p) / BLEU_MAX_N
-    return _brevity_penalty(len(candidate), len(reference)) * math.exp(log_sum)
 
 
-def _prf(overlap: int, cand_total: int, ref_total: int) -> dict:
-    """precision = overlap / cand_total (0 if cand_total = 0), recall likewise,
-    F1 = 2PR / (P + R) (0 if P + R = 0)."""
-    p = overlap / cand_total if cand_total else 0.0
-    r = overlap / ref_total if ref_total else 0.0
-    f = 2 * p * r / (p + r) if p + r else 0.0
-    return {"precision": p, "recall": r, "f1": f}
+class _GivenTokens:
+    """rouge-score tokenizer for text that is already tokens joined by single spaces."""
+
+    @staticmethod
+    def tokenize(text: str) -> list[str]:
+        return text.split(" ") if text else []
 
 
-def rouge_n(cand: Sequence[str], ref: Sequence[str], n: int) -> dict:
-    """ROUGE-N (Lin 2004) of one candidate against one reference::
+_SCORER = None
 
-        overlap   = sum_{g in G_n(ref)} min(Count_cand(g), Count_ref(g))
-        precision = overlap / |G_n(cand)|,   recall = overlap / |G_n(ref)|
-        F1        = 2 * P * R / (P + R)
 
-    Empty handling: a side with no n-grams (empty, or shorter than n) has its
-    ratio defined as 0, so an empty candidate or an empty reference scores
-    P = R = F1 = 0 (both empty included): a system that generates nothing gets
-    no credit. Returns ``{"precision", "recall", "f1"}``.
+def _scorer():
+    global _SCORER
+    if _SCORER is None:
+        from rouge_score.rouge_scorer import RougeScorer
+        _SCORER = RougeScorer(list(ROUGE_TYPES), use_stemmer=False, tokenizer=_GivenTokens())
+    return _SCORER
+
+
+def _join(tokens: Sequence[str]) -> str:
+    for t in tokens:
+        if not t or any(ch.isspace() for ch in t):
+            raise ValueError(f"token {t!r}: ROUGE tokens must be non-empty and contain no whitespace")
+    return " ".join(tokens)
+
+
+def rouge(cand: Sequence[str], ref: Sequence[str]) -> dict:
+    """ROUGE-1, ROUGE-2 and ROUGE-L (Lin 2004) of one candidate against one reference, by
+    ``rouge_score.rouge_scorer.RougeScorer`` on the given tokens (no stemming)::
+
+        ROUGE-N:  overlap = sum_{g in G_n(ref)} min(Count_cand(g), Count_ref(g))
+                  P = overlap / |G_n(cand)|,   R = overlap / |G_n(ref)|
+        ROUGE-L:  P = LCS(cand, ref) / |cand|, R = LCS(cand, ref) / |ref|   (sentence level)
+        F1 = 2 P R / (P + R)
+
+    A side with no n-grams (empty, or shorter than n) scores P = R = F1 = 0, so an
+    empty candidate or reference gets no credit. Returns
+    ``{"rouge1" | "rouge2" | "rougeL": {"precision", "recall", "f1"}}``.
     """
-    if n < 1:
-        raise ValueError(f"ROUGE-N needs n >= 1, got {n}")
-    c, r = ngrams(cand, n), ngrams(ref, n)
-    overlap = sum(min(k, c[g]) for g, k in r.items())
-    return _prf(overlap, sum(c.values()), sum(r.values()))
-
-
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence (dynamic programming, O(|a| |b|))."""
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, 1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(cand: Sequence[str], ref: Sequence[str]) -> dict:
-    """ROUGE-L, sentence level (Lin 2004, Sec. 3.1), with beta = 1::
-
-        P_lcs = LCS(cand, ref) / |cand|,   R_lcs = LCS(cand, ref) / |ref|
-        F_lcs = (1 + beta^2) R P / (R + beta^2 P) = 2 P R / (P + R)
-
-    Empty handling as in :func:`rouge_n` (0 for an empty side).
-    """
-    return _prf(lcs_length(cand, ref), len(cand), len(ref))
+    scores = _scorer().score(_join(ref), _join(cand))      # rouge-score takes (target, prediction)
+    return {k: {"precision": scores[k].precision, "recall": scores[k].recall, "f1": scores[k].fmeasure}
+            for k in ROUGE_TYPES}
 
 
 def corpus_rouge(cands: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]) -> dict:
@@ -179,7 +129,7 @@ def corpus_rouge(cands: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]) 
         rouge1 = (1/N) sum_i F1(ROUGE-1(c_i, r_i)), rouge2 likewise, rougeL with ROUGE-L
 
     Every example counts, including those with an empty candidate or reference
-    (they score 0, see :func:`rouge_n`), so N is always the number of examples;
+    (they score 0, see :func:`rouge`), so N is always the number of examples;
     ``empty_references`` reports how many references were empty so that a
     caller who forgot to drop notes without hashtags notices. For N = 0 the
     scores are None. Returns ``{"rouge1", "rouge2", "rougeL", "n", "empty_references"}``.
@@ -190,9 +140,9 @@ def corpus_rouge(cands: Sequence[Sequence[str]], refs: Sequence[Sequence[str]]) 
            "empty_references": sum(1 for r in refs if not r)}
     if n == 0:
         return out
-    out["rouge1"] = float(np.mean([rouge_n(c, r, 1)["f1"] for c, r in zip(cands, refs)]))
-    out["rouge2"] = float(np.mean([rouge_n(c, r, 2)["f1"] for c, r in zip(cands, refs)]))
-    out["rougeL"] = float(np.mean([rouge_l(c, r)["f1"] for c, r in zip(cands, refs)]))
+    per_example = [rouge(c, r) for c, r in zip(cands, refs)]
+    for key in ROUGE_TYPES:
+        out[key] = float(np.mean([s[key]["f1"] for s in per_example]))
     return out
 
 
@@ -200,11 +150,19 @@ def hashtag_metrics(generated: Sequence[Sequence[str]], true: Sequence[Sequence[
     """The report's hashtag row: corpus BLEU-4 and macro ROUGE-1/2/L F1.
 
     Returns ``{"bleu4", "rouge1", "rouge2", "rougeL", "n", "empty_references"}``
-    (the ``generation.hashtags`` block of the results schema). Tokens are
-    hashtags in generated order vs the note's hashtag order.
+    (the ``generation.hashtags`` block of the results schema); the tokens are
+    the word tokens of :func:`hashtag_words`.
     """
-    rouge = corpus_rouge(generated, true)
-    return {"bleu4": bleu4(generated, true) if generated else None, **rouge}
+    rouge_block = corpus_rouge(generated, true)
+    return {"bleu4": bleu4(generated, true) if generated else None, **rouge_block}
+
+
+def hashtag_words(tags: Sequence[str]) -> list[str]:
+    """Hashtags as word tokens for BLEU/ROUGE: ``'3d-printing'`` -> ``['3d', 'printing']``.
+
+    Lower-cased, a leading ``#`` dropped, split on hyphens, underscores and
+    whitespace; every other character stays (``c#``, ``node.js``, ``c++``)."""
+    return [w for t in tags for w in re.split(r"[-_\s]+", t.lower().lstrip("#")) if w]
 
 
 _QUOTES_START = re.compile(r"^[\s\"'`]+")

@@ -312,7 +312,7 @@ def test_commands_are_recorded_without_machine_paths():
 
 
 def test_generation_metrics_reparse_cached_rows_and_normalise_both_sides():
-    from evaluation.compare import generation_metrics
+    from evaluation.generation import generation_metrics
     notes = [{"note_id": "a", "category": "coffee", "hashtags": ["espresso.", "Milk"]},
              {"note_id": "b", "category": "beer", "hashtags": ["ipa"]}]
     rows = [{"category_free": "Coffee.", "category_constrained": "coffee", "hashtags": ["1.", "espresso", "milk."]},
