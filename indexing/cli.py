@@ -200,8 +200,13 @@ COMMANDS = {
 }
 
 
+def canonical_argv(argv: list) -> list[str]:
+    """The older spellings (``-k N``, ``--full``) as the generated flags."""
+    return [ALIASES.get(str(a), str(a)) for a in argv]
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = [ALIASES.get(a, a) for a in (sys.argv[1:] if argv is None else [str(a) for a in argv])]
+    argv = canonical_argv(sys.argv[1:] if argv is None else argv)
     return cli.main(COMMANDS, argv=argv, prog=PROG, description=__doc__.split("\n\n")[0])
 
 

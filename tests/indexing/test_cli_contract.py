@@ -15,7 +15,7 @@ from indexing import config
 from indexing.build import IndexConfig, build_index
 from indexing.cli import COMMANDS
 from indexing.publish import DEFAULT_KEEP, content_digest, publish
-from notellm.config import defaults, help_of
+from notellm.config import defaults, help_of, parse
 from tests.support.notes import clustered_vectors
 from tests.support.paths import REPO
 
@@ -111,7 +111,14 @@ def test_config_file_and_legacy_spellings(tmp_path, snapshot_root):
     cfg_file.write_text(json.dumps({"snapshot_root": str(snapshot_root), "k": 2}))
     out = one_line(run_cli("neighbors", "--config", cfg_file, "--note-id", "n001"))
     assert out["k"] == 2 and len(out["results"]) == 2
-    # -k beats the file; --full is --no-incremental
+    # -k beats the file
     assert one_line(run_cli("neighbors", "--config", cfg_file, "--note-id", "n001", "-k", 3))["k"] == 3
-    from indexing.cli import ALIASES
-    assert ALIASES["--full"] == "--no-incremental"
+
+
+def test_full_is_no_incremental_and_env_rank_is_not_a_default(tmp_path):
+    from indexing.cli import canonical_argv
+    argv = ["--notes", tmp_path / "n.parquet", "--emb-root", tmp_path, "--model", tmp_path]
+    assert parse(config.EmbedArgs, canonical_argv([*argv, "--full"])).incremental is False
+    assert parse(config.EmbedArgs, canonical_argv(argv)).incremental is True
+    assert parse(config.EmbedArgs, canonical_argv([*argv, "--no-progress"])).progress is False
+    assert defaults(config.EmbedArgs)["rank"] is None     # resolved from env RANK at run time

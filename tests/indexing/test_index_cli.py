@@ -31,9 +31,10 @@ def cli_inprocess(capsys, *args):
     code = main([str(a) for a in args])
     out = capsys.readouterr()
     # In-process, loggers created at import time (DeepSpeed's) still hold pytest's stdout;
-    # a real run sends them to stderr (see indexing.cli.main). Keep our JSON lines.
-    lines = "\n".join(line for line in out.out.splitlines() if line.startswith("{"))
-    return subprocess.CompletedProcess(args, code, lines, out.err)
+    # a real run sends them to stderr (see notellm.cli.main). Keep the result line: exactly one.
+    lines = [line for line in out.out.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, out.out
+    return subprocess.CompletedProcess(args, code, lines[0], out.err)
 
 
 def cli(*args, check=True):
