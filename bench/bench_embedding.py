@@ -13,13 +13,14 @@ machine in one run:
 * an incremental run after 1% of the notes changed, versus the full run.
 
 Throughput is notes/s of model time; the model's projection is random (speed
-does not depend on training). Also reports the bf16-vs-fp32 cosine.
+does not depend on training). Also reports the bf16-vs-fp32 cosine. One JSON
+result line (notellm.cli contract); ``{"skipped": ...}`` when the data is absent.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
+import logging
 import random
 import sys
 import tempfile
@@ -28,6 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from notellm import cli
+from notellm.config import option
+
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "stackexchange"
@@ -53,15 +59,20 @@ def naive_embed(encoder, notes, batch_size=32):
     return np.concatenate(out), width, [len(e.input_ids) for e in encoded]
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--notes", type=int, default=400)
-    ap.add_argument("--naive", type=int, default=96, help="notes for the (slow) naive and fp32 references")
-    ap.add_argument("--work", type=Path, default=None)
-    args = ap.parse_args(argv)
+@dataclasses.dataclass
+class BenchEmbeddingConfig:
+    """Embedding throughput of the indexing stage with the default SmolLM2-135M backbone."""
+
+    notes: int = option(400, help="notes of the project's full and incremental runs")
+    naive: int = option(96, help="notes for the (slow) naive and fp32 references")
+    work: Path | None = option(None, help="work directory (null: a new temporary one)")
+    threads: int = option(2, help="torch CPU threads")
+
+
+def run(args: BenchEmbeddingConfig, timer: cli.Timer) -> dict:
     if not DATA.is_dir():
-        print(f"skip: {DATA} absent", file=sys.stderr)
-        return 0
+        log.warning("skip: %s absent", DATA)
+        return {"skipped": f"{DATA} absent"}
     import pyarrow as pa
 
     from indexing.embed import EmbedConfig, embed_corpus
@@ -82,7 +93,7 @@ def main(argv=None) -> int:
     enc = NoteEncoder.build(ensure_default_backbone(), dim=128)
     enc.save(work / "model")
     enc = NoteEncoder.load(work / "model")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     ref = rows[:args.naive]
     enc.embed_notes(ref[:4])  # warm-up
 
@@ -120,8 +131,11 @@ def main(argv=None) -> int:
         "incremental_run_s": inc.seconds, "incremental_vs_full": inc.seconds / full.seconds,
         "torch_threads": torch.get_num_threads(),
     }
-    print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}, indent=2))
-    return 0
+    return {k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def main(argv=None) -> int:
+    return cli.main(run, BenchEmbeddingConfig, argv=argv, prog="bench/bench_embedding.py")
 
 
 if __name__ == "__main__":
