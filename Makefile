@@ -14,9 +14,9 @@ export PYTHONHASHSEED := 0
 # `make install` builds it once into the venv instead of into each user's ~/.cache.
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
-.PHONY: install demo test test-fast backbone airflow report spark-cds clean
+.PHONY: install demo test test-fast lint backbone airflow report spark-cds clean
 
-$(STAMP): setup.cfg constraints.txt
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24"
 	$(PIP) install -q "$(TORCH_SPEC)"
@@ -33,8 +33,11 @@ backbone: install
 demo: install backbone
 	bash scripts/demo.sh
 
-test: install
+test: install lint
 	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"

@@ -1,6 +1,6 @@
 """Regenerate constraints.txt from a resolver run against the package indexes.
 
-    python scripts/lock_constraints.py            # resolve afresh within setup.cfg's ranges
+    python scripts/lock_constraints.py            # resolve afresh within pyproject.toml's ranges
     python scripts/lock_constraints.py --keep     # re-resolve under the current pins (a check)
 
 It asks pip's resolver what `pip install ".[all]" <model wheels>` would install into an

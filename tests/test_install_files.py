@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.paths import REPO
 
-INSTALL_FILES = ("constraints.txt", "setup.cfg", "pyproject.toml", "Makefile")
+INSTALL_FILES = ("constraints.txt", "pyproject.toml", "Makefile")
 
 # Roots that only exist on the machine a file was generated on. System tool paths such
 # as /bin/bash or /usr/bin/env are the same on every machine and stay allowed.
@@ -25,6 +25,8 @@ MACHINE_ROOTS = ("/tmp/", "/home/", "/root/", "/opt/", "/work/", "/mnt/", "/srv/
 # `file: README.md` (a space after the colon) is setuptools' own directive, not a URL.
 FILE_URL = re.compile(r"\bfile:(?!\s)", re.IGNORECASE)
 DIRECT_REFERENCE = re.compile(r"^\s*[A-Za-z0-9][A-Za-z0-9._-]*(\[[^\]]*\])?\s*@\s*\S")
+# the same inside a quoted PEP 508 string of pyproject.toml: "name @ https://..."
+QUOTED_DIRECT_REFERENCE = re.compile(r"[\"']\s*[A-Za-z0-9][A-Za-z0-9._-]*(\[[^\]]*\])?\s*@\s*[^\"'\s]")
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~$)}-])(" + "|".join(re.escape(r) for r in MACHINE_ROOTS) + r")")
 WINDOWS_PATH = re.compile(r"\b[A-Za-z]:\\")
 
@@ -37,7 +39,8 @@ def machine_specific_lines(path: Path) -> list[str]:
         where = f"{path.name}:{number}"
         if FILE_URL.search(text):
             problems.append(f"{where}: file: URL: {line.strip()}")
-        elif path.name in ("constraints.txt", "setup.cfg") and DIRECT_REFERENCE.search(text):
+        elif (path.name == "constraints.txt" and DIRECT_REFERENCE.search(text)) or (
+                path.name == "pyproject.toml" and QUOTED_DIRECT_REFERENCE.search(text)):
             problems.append(f"{where}: direct reference 'name @ ...' (pin name==version instead): {line.strip()}")
         elif ABSOLUTE_PATH.search(text) or WINDOWS_PATH.search(text):
             problems.append(f"{where}: absolute machine path: {line.strip()}")
@@ -68,6 +71,14 @@ def test_planted_machine_line_is_refused_with_file_and_line(tmp_path, planted, p
     problems = machine_specific_lines(copy)
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"constraints.txt:6: {problem}")
+
+
+def test_planted_direct_reference_in_pyproject_is_refused(tmp_path):
+    copy = tmp_path / "pyproject.toml"
+    text = (REPO / "pyproject.toml").read_text()
+    copy.write_text(text.replace('"tqdm"]', '"tqdm", "faiss-gpu @ https://example.org/faiss.whl"]', 1))
+    problems = machine_specific_lines(copy)
+    assert len(problems) == 1 and "direct reference" in problems[0], problems
 
 
 def test_system_tool_paths_are_not_machine_paths(tmp_path):

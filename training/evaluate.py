@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from notellm import cli
+from notellm.batching import plan_epoch
 from notellm.contracts import POOL, read_table, require_success
 from notellm.files import atomic_write_json
 from notellm.metrics import in_batch_accuracy, recall_at_k, test_set_fingerprint
@@ -34,7 +35,6 @@ from notellm.precision import use_bf16
 from notellm.stats import hits_at_k, paired_comparison
 from training.config import EvaluateConfig
 from training.data import clean_pairs, load_notes, load_pairs
-from training.sampler import plan_epoch
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ fills each global batch greedily from a seeded permutation of the pairs and
 defers a pair whose note is already in the batch to a later batch of the same
 epoch. Pairs still deferred at the end of an epoch, and a last incomplete
 batch, are left for the next epoch's permutation (counted in
-:attr:`EpochPlan.left_over`). Everything is a pure function of
+:attr:`EpochPlan.left_over`); the planner is :func:`notellm.batching.plan_epoch`,
+shared with evaluation's baselines. Everything is a pure function of
 (pairs, seed, epoch), so a resumed job sees the same batches; with W ranks
 each global batch is split into W contiguous slices of ``batch_pairs / W``
 pairs.
@@ -14,58 +15,9 @@ pairs.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
-import numpy as np
-
-
-@dataclasses.dataclass(frozen=True)
-class EpochPlan:
-    batches: list[list[int]]   # pair indices per global batch
-    left_over: int             # pairs not placed in this epoch
-
-
-def plan_epoch(pairs: Sequence[tuple[str, str]], batch_pairs: int, seed: int, epoch: int) -> EpochPlan:
-    """Greedy unique-note batching of a seeded permutation (see module docstring)."""
-    if batch_pairs < 1:
-        raise ValueError("batch_pairs must be >= 1")
-    order = np.random.default_rng([int(seed), int(epoch)]).permutation(len(pairs))
-    batches: list[list[int]] = []
-    waiting: list[int] = []
-    current: list[int] = []
-    notes: set[str] = set()
-
-    def try_add(i: int) -> bool:
-        a, b = pairs[i]
-        if a in notes or b in notes:
-            return False
-        current.append(i)
-        notes.update((a, b))
-        return True
-
-    def close_if_full() -> bool:
-        nonlocal current, notes
-        if len(current) == batch_pairs:
-            batches.append(current)
-            current, notes = [], set()
-            return True
-        return False
-
-    for i in order.tolist():
-        if not try_add(i):
-            waiting.append(i)
-            continue
-        if close_if_full():
-            # A fresh batch: deferred pairs go first, in the order they were deferred.
-            still = []
-            for j in waiting:
-                if len(current) < batch_pairs and try_add(j):
-                    close_if_full()  # a full batch starts the next one with the remaining deferred pairs
-                else:
-                    still.append(j)
-            waiting = still
-    return EpochPlan(batches, len(waiting) + len(current))
+from notellm.batching import EpochPlan, plan_epoch
 
 
 class UniqueNoteBatchSampler:

@@ -24,6 +24,7 @@ from notellm import precision
 from notellm.backbone import resolve_backbone
 from notellm.files import atomic_path, atomic_write_json
 from notellm.metrics import in_batch_accuracy
+from notellm.schedule import linear_warmup_decay
 from training.config import TrainConfig, deepspeed_config_path, resolve_deepspeed_config, resolve_zero3_auto
 from training.data import batch_examples, load_training_pairs, local_examples
 from training.loss import gather_with_local_grad
@@ -34,16 +35,6 @@ log = logging.getLogger(__name__)
 
 # Test hook: exit abruptly (like SIGKILL, no cleanup) right after this step.
 KILL_AFTER_ENV = "NOTELLM_TRAIN_KILL_AFTER_STEP"
-
-
-def lr_lambda(warmup: int, total: int):
-    """Linear warm-up to the peak, then linear decay to 0 at ``total`` steps:
-    ``f(s) = (s + 1) / warmup`` for ``s < warmup``, else ``max(0, (total - s) / (total - warmup))``."""
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-    return f
 
 
 def total_steps(cfg: TrainConfig, sampler: UniqueNoteBatchSampler) -> int:
@@ -142,7 +133,7 @@ class Trainer:
         model = NoteLLMTrainModel(self.encoder, tau_init=cfg.tau_init, alpha=cfg.alpha)
         optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
                                       eps=1e-8)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, self.steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(cfg.warmup_steps, self.steps))
         ds = resolve_deepspeed_config(json.loads(deepspeed_config_path(cfg.deepspeed_config).read_text()),
                                       cfg, self.world, self.use_bf16)
         self.ds_config = resolve_zero3_auto(ds, self.encoder.lm.config.hidden_size)

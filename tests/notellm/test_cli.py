@@ -83,3 +83,12 @@ def test_result_line_reads_the_last_json_object():
     assert cli.result_line('log\n{"a": 1}\nmore log\n{"b": 2}\n') == {"b": 2}
     with pytest.raises(ValueError):
         cli.result_line("no json here\n")
+
+
+def test_backbone_cli_prints_its_result_line():
+    proc = subprocess.run([sys.executable, "-m", "notellm.backbone", "path", "--name", "minilm"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    [line] = proc.stdout.splitlines()
+    result = json.loads(line)
+    assert result["command"] == "path" and result["status"] == "ok" and result["backbone_dir"].endswith("model")

@@ -5,11 +5,12 @@ from collections import Counter
 
 import pytest
 
+from notellm.batching import plan_epoch
 from notellm.contracts import ContractError
 from tests.support.pairs import make_notes_and_pairs, write_dataset
 from training.config import TrainConfig, resolve_deepspeed_config
 from training.data import assign_tasks, batch_examples, clean_pairs, load_training_pairs, local_examples
-from training.sampler import UniqueNoteBatchSampler, plan_epoch
+from training.sampler import UniqueNoteBatchSampler
 
 
 def star_pairs(n=60):
