@@ -201,7 +201,11 @@ def _validate_dir(snap_dir: Path, manifest: dict) -> None:
 
 
 def _swap_pointer(snaps: Path, name: str, hook: Hook = _noop) -> None:
-    """Atomically replace CURRENT: temp file + fsync + os.replace + directory fsync."""
+    """Atomically replace CURRENT: temp file + fsync + os.replace + directory fsync.
+
+    Its own steps rather than :func:`notellm.files.atomic_path`: the hook between
+    the durable temp file and the replace is where the kill tests strike, and the
+    temp name carries the pid so :func:`retention` can remove a dead publisher's."""
     check_name(name)
     tmp = snaps / f".{CURRENT}.tmp-{os.getpid()}"
     write_bytes_durable(tmp, (name + "\n").encode())
