@@ -28,11 +28,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from notellm.files import atomic_write_text
-
 from evaluation.report_format import SCHEMA, escape_cell, validate
 from evaluation.report_markdown import report_markdown
 from evaluation.report_plots import render_plots
+from notellm.files import atomic_write_text
 
 __all__ = ["SCHEMA", "escape_cell", "render_plots", "render_report", "report_markdown"]
 

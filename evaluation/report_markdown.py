@@ -6,11 +6,28 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from evaluation.report_format import (HEADLINE_K, SCHEMA, duration, escape_cell, hashtag_cells, label_of, note_cell, table,
-                                      validate)
-from evaluation.report_sections import (cost_table, data_section, exposure_table, generation_table,
-                                        glance_sentences, new_notes_table, paper_section, recall_tables,
-                                        significance_section)
+from evaluation.report_format import (
+    HEADLINE_K,
+    SCHEMA,
+    duration,
+    escape_cell,
+    hashtag_cells,
+    label_of,
+    note_cell,
+    table,
+    validate,
+)
+from evaluation.report_sections import (
+    cost_table,
+    data_section,
+    exposure_table,
+    generation_table,
+    glance_sentences,
+    new_notes_table,
+    paper_section,
+    recall_tables,
+    significance_section,
+)
 
 
 def cases_section(results: Mapping) -> list[str]:
@@ -52,14 +69,15 @@ def cases_section(results: Mapping) -> list[str]:
         true_tags = list(g.get("true_hashtags") or [])
         truth_set = {t.strip().lower() for t in true_tags}
         lines += [f"#### {escape_cell(g.get('title'))}", "",
-                  f"True category **{escape_cell(true_cat, None)}**, true hashtags {hashtag_cells(true_tags, 10) or '—'}", ""]
+                  f"True category **{escape_cell(true_cat, None)}**, "
+                  f"true hashtags {hashtag_cells(true_tags, 10) or '—'}", ""]
         gen = g.get("generated") or {}
         names = [n for n in order if n in gen] + sorted(set(gen) - set(order))
         rows = []
         for n in names:
             out = gen[n] or {}
 
-            def cat(key):
+            def cat(key, out=out, true_cat=true_cat):
                 v = out.get(key)
                 if v is None:
                     return "—"

@@ -7,8 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from evaluation.report_format import (BUCKET_ORDER, HEADLINE_K, flat_recall, floor_of, k_sort, label_of,
-                                      signal_label, signals_of)
+from evaluation.report_format import (
+    BUCKET_ORDER,
+    HEADLINE_K,
+    flat_recall,
+    floor_of,
+    k_sort,
+    label_of,
+    signal_label,
+    signals_of,
+)
 
 DPI = 120
 
@@ -100,8 +108,8 @@ def plot_recall_at_k(results: Mapping, path: Path) -> Path | None:
 
 
 def plot_loss_curves(results: Mapping, path: Path) -> Path | None:
-    from matplotlib.figure import Figure
     import numpy as np
+    from matplotlib.figure import Figure
     trained = [(i, s) for i, s in enumerate(results["systems"]) if (s.get("loss_curve") or {}).get("step")]
     if not trained:
         return None
@@ -136,8 +144,8 @@ def plot_loss_curves(results: Mapping, path: Path) -> Path | None:
 
 
 def plot_recall_by_exposure(results: Mapping, path: Path) -> Path | None:
-    from matplotlib.figure import Figure
     import numpy as np
+    from matplotlib.figure import Figure
     systems = [s for s in results["systems"] if s.get("by_exposure")]
     if not systems:
         return None

@@ -8,9 +8,29 @@ import json
 from typing import Any, Mapping
 
 from evaluation.paper import PAPER_COUNTERPART, PAPER_TABLE2
-from evaluation.report_format import (BUCKET_ORDER, HEADLINE_K, cells, duration, escape_cell, flat_recall,
-                                      floor_of, k_capped_note, k_sort, label_of, paired_of, paired_text, pct,
-                                      pct_value, rate, recall_of, reference_system, signal_label, signals_of, table)
+from evaluation.report_format import (
+    BUCKET_ORDER,
+    HEADLINE_K,
+    cells,
+    duration,
+    escape_cell,
+    flat_recall,
+    floor_of,
+    k_capped_note,
+    k_sort,
+    label_of,
+    paired_of,
+    paired_text,
+    pct,
+    pct_value,
+    rate,
+    recall_of,
+    reference_system,
+    signal_label,
+    signals_of,
+    table,
+)
+
 
 def _ranking(results: Mapping, sig: str, k: str) -> list[tuple[float, Mapping]]:
     ranked = [(pct_value(recall_of(s, sig, k)), i, s) for i, s in enumerate(results["systems"])]
@@ -241,7 +261,8 @@ def generation_table(results: Mapping) -> list[str]:
     tokens = next(((x.get("hashtags") or {}).get("tokens") for x in g if (x.get("hashtags") or {}).get("tokens")),
                   None)
     lines = ["## Category and hashtag generation", "",
-             "Held-out notes. Category: exact match after removing surrounding whitespace, quotes and a trailing full stop, case-folded; *outside* = share of generated "
+             "Held-out notes. Category: exact match after removing surrounding whitespace, quotes and a trailing "
+             "full stop, case-folded; *outside* = share of generated "
              "categories that are not a known category (lower is better). Free = greedy generation, constrained = "
              "the known category with the highest likelihood. Hashtags: corpus BLEU-4 (no smoothing) and "
              "macro-averaged ROUGE-1/2/L F1 of the generated against the note's true hashtags"
@@ -256,8 +277,9 @@ def cost_table(results: Mapping, plots: Mapping[str, str]) -> list[str]:
     rows = []
     for s in results["systems"]:
         c = s.get("cost") or {}
-        rows.append([escape_cell(label_of(s), None), duration(c.get("train_wall_s")), rate(c.get("train_samples_per_s")),
-                     duration(c.get("embed_wall_s")), rate(c.get("embed_notes_per_s"))]
+        rows.append([escape_cell(label_of(s), None), duration(c.get("train_wall_s")),
+                     rate(c.get("train_samples_per_s")), duration(c.get("embed_wall_s")),
+                     rate(c.get("embed_notes_per_s"))]
                     + ([duration(s.get("generation_wall_s"))] if with_gen else []))
     lines = ["## Cost", "",
              "Wall time on the machine above; — = not applicable (no training / no generation). Training samples/s "

@@ -12,8 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.text_metrics import (bleu4, category_metrics, corpus_rouge, hashtag_metrics, hashtag_words,
-                                     parse_hashtags, rouge)
+from evaluation.text_metrics import (
+    bleu4,
+    category_metrics,
+    corpus_rouge,
+    hashtag_metrics,
+    hashtag_words,
+    parse_hashtags,
+    rouge,
+)
 from notellm.prompts import output_text
 
 S = str.split
