@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -43,7 +44,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from notellm import cli
 from notellm.contracts import EVENTS, NOTES, PAIRS, POOL, RELATED_LINKS, read_table, require_success
+from notellm.files import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "stackexchange"
@@ -83,6 +88,22 @@ def display_command(command: str) -> str:
     return " ".join(out)
 
 
+def run_subprocess(name: str, cmd: list) -> None:
+    """Run one stage CLI from the repository root: its stdout is its result line
+    (:func:`notellm.cli.result_line`, logged), its stderr passes through; a
+    non-zero exit raises :class:`subprocess.CalledProcessError`."""
+    log.info("[%s] %s", name, " ".join(map(str, cmd)))
+    proc = subprocess.run([str(c) for c in cmd], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        log.info("[%s] result: %s", name, json.dumps(cli.result_line(proc.stdout), sort_keys=True))
+    except ValueError:                       # no JSON object on a line of its own
+        if proc.stdout.strip():
+            log.info("[%s] output:\n%s", name, proc.stdout.rstrip())
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, output=proc.stdout)
+
+
 def run_stage(name: str, cmd: list[str], done: Path, log: dict, times: dict | None = None,
               times_file: Path | None = None) -> None:
     """Run one CLI stage unless ``done`` exists; record the command and its wall time.
@@ -98,13 +119,12 @@ def run_stage(name: str, cmd: list[str], done: Path, log: dict, times: dict | No
             entry["wall_s"] = times[name]
     else:
         t = time.perf_counter()
-        print(f"[{name}] {entry['command']}", flush=True)
-        subprocess.run([str(c) for c in cmd], cwd=REPO, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        run_subprocess(name, cmd)
         entry["wall_s"] = round(time.perf_counter() - t, 1)
         if times is not None:
             times[name] = entry["wall_s"]
             if times_file is not None:       # after every stage: a later failure keeps the earlier times
-                times_file.write_text(json.dumps(times, indent=1, sort_keys=True))
+                atomic_write_json(times_file, times, indent=1)
     log[name] = entry
 
 
@@ -253,10 +273,7 @@ def load_or_build_eval_set(path: Path, prepared: PreparedData, n_pairs: int, poo
         if cached.get("key") == key:
             return EvalSet.from_json(cached["eval_set"])
     es = build_eval_set(prepared, n_pairs, pool_size, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "eval_set": es.to_json()}))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"key": key, "eval_set": es.to_json()}))
     return es
 
 
@@ -280,7 +297,8 @@ def read_train_pairs(prepared: PreparedData) -> list[tuple[str, str]]:
     seen, out = set(), []
     for s, d in zip(tbl.column("src_note_id").to_pylist(), tbl.column("dst_note_id").to_pylist()):
         if s == d:
-            raise ValueError(f"{prepared.train_pairs}: src_note_id == dst_note_id ({s!r}); the split never writes these")
+            raise ValueError(f"{prepared.train_pairs}: src_note_id == dst_note_id ({s!r}); "
+                             "the split never writes these")
         key = (s, d) if s < d else (d, s)
         if key not in seen:
             seen.add(key)

@@ -14,26 +14,13 @@ from typing import Sequence
 import numpy as np
 
 from notellm.metrics import recall_by_bucket, recall_from_ranks
+from notellm.ranking import ranks_from_scores  # noqa: F401 - one rank rule for every system (re-exported)
+
 # Uncertainty (bootstrap intervals, paired comparison, McNemar) lives in notellm.stats so the
 # training stage's evaluation and the report use one implementation; re-exported here.
 from notellm.stats import bootstrap_interval, hits_at_k, mcnemar_exact_p, paired_comparison  # noqa: F401
 
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
-
-
-def ranks_from_scores(scores: np.ndarray, query_rows: Sequence[int], target_rows: Sequence[int]) -> np.ndarray:
-    q = np.asarray(query_rows, dtype=np.int64)
-    t = np.asarray(target_rows, dtype=np.int64)
-    if len(q) == 0:
-        return np.zeros(0, dtype=np.int64)
-    rows = np.arange(len(q))
-    s = np.asarray(scores, dtype=np.float64)[q]                       # (m, n)
-    s_t = s[rows, t][:, None]
-    positions = np.arange(s.shape[1])[None, :]
-    ahead = (s > s_t) | ((s == s_t) & (positions < t[:, None]))
-    ahead[rows, t] = False
-    ahead[rows, q] = False
-    return ahead.sum(axis=1) + 1
 
 
 def top_neighbours(scores: np.ndarray, query_row: int, k: int) -> list[int]:

@@ -25,12 +25,14 @@ fields NoteLLM's prompt holds; BM25 uses title + content (lexical baseline).
 from __future__ import annotations
 
 import math
-import random
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from notellm.batching import first_batches
+from notellm.schedule import linear_warmup_decay, warmup_steps
 
 
 def note_text(note: Mapping, with_hashtags: bool = True) -> str:
@@ -61,6 +63,7 @@ def bm25_scores(pool_notes: Sequence[Mapping]) -> np.ndarray:
 # ------------------------------------------------------------------ MiniLM
 def load_minilm(model_dir: str | Path | None = None):
     from sentence_transformers import SentenceTransformer
+
     from notellm.backbone import minilm_dir
     return SentenceTransformer(str(model_dir or minilm_dir()), device="cpu")
 
@@ -68,35 +71,6 @@ def load_minilm(model_dir: str | Path | None = None):
 def minilm_embed(model, pool_notes: Sequence[Mapping], batch_size: int = 64) -> np.ndarray:
     return model.encode([note_text(n) for n in pool_notes], batch_size=batch_size, convert_to_numpy=True,
                         normalize_embeddings=True, show_progress_bar=False)
-
-
-def batches_without_repeats(pairs: Sequence[tuple[str, str]], batch_pairs: int, steps: int, seed: int
-                            ) -> list[list[tuple[str, str]]]:
-    """``steps`` batches of ``batch_pairs`` pairs in a seeded random order, no note twice in a batch
-    (a repeated note would be a false in-batch negative); pairs that collide wait for a later batch.
-    One pass over the pairs: more steps than one epoch holds is refused."""
-    order = list(pairs)
-    random.Random(seed).shuffle(order)
-    batches, current, seen, waiting = [], [], set(), []
-    for pair in order:
-        queue = [pair]
-        while queue:
-            p = queue.pop()
-            if p[0] in seen or p[1] in seen:
-                waiting.append(p)
-                continue
-            current.append(p)
-            seen.update(p)
-            if len(current) == batch_pairs:
-                batches.append(current)
-                current, seen = [], set()
-                queue, waiting = queue + waiting, []
-                if len(batches) == steps:
-                    return batches
-    if len(batches) < steps:
-        raise ValueError(f"only {len(batches)} full batches of {batch_pairs} pairs in {len(pairs)} pairs; "
-                         f"{steps} steps requested")
-    return batches
 
 
 def minilm_finetune(train_pairs: Sequence[tuple[str, str]], notes: Mapping[str, Mapping], out_dir: Path,
@@ -109,7 +83,9 @@ def minilm_finetune(train_pairs: Sequence[tuple[str, str]], notes: Mapping[str, 
     directions of MultipleNegativesRankingLoss, one joint softmax), with
     similarity 20 * cos (scale 20, the library default). AdamW, linear warm-up over
     ``warmup_fraction`` of the steps then linear decay (the sentence-transformers
-    recipe). Returns the cost figures and the loss curve; the model is saved.
+    recipe, :mod:`notellm.schedule`). Batches: the NoteLLM trainer's unique-note
+    plan (:func:`notellm.batching.first_batches`), so both see the same batches of
+    the same pairs. Returns the cost figures and the loss curve; the model is saved.
     """
     import torch
     from sentence_transformers.losses import MultipleNegativesRankingLoss
@@ -119,12 +95,10 @@ def minilm_finetune(train_pairs: Sequence[tuple[str, str]], notes: Mapping[str, 
     loss_fn = MultipleNegativesRankingLoss(
         model, directions=("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"), partition_mode="joint")
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    warm = max(1, int(steps * warmup_fraction))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup_decay(warmup_steps(steps, warmup_fraction), steps))
     curve = {"step": [], "l_cl": [], "l_gen": []}
     t0 = time.perf_counter()
-    for step, batch in enumerate(batches_without_repeats(train_pairs, batch_pairs, steps, seed), start=1):
+    for step, batch in enumerate(first_batches(train_pairs, batch_pairs, steps, seed), start=1):
         feats = [model.preprocess([note_text(notes[p[k]]) for p in batch]) for k in (0, 1)]
         loss = loss_fn(feats, labels=None)
         opt.zero_grad()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -69,15 +70,17 @@ def test_random_within_category_floor_is_exact():
     assert hits / trials == pytest.approx(1 / 3, abs=0.01)
 
 
-def test_batches_never_repeat_a_note():
+def test_minilm_batches_never_repeat_a_note():
+    # the fine-tuned MiniLM trains on notellm.batching's plan (the NoteLLM trainer's)
+    from notellm.batching import first_batches
     pairs = [(f"n{i}", f"n{(i * 7 + 1) % 40}") for i in range(40)] + [("n0", "n1"), ("n0", "n2")]
-    batches = systems.batches_without_repeats(pairs, batch_pairs=4, steps=8, seed=1)
+    batches = first_batches(pairs, batch_pairs=4, steps=8, seed=1)
     assert len(batches) == 8
     for b in batches:
         ids = [n for p in b for n in p]
         assert len(ids) == len(set(ids)) == 8
     with pytest.raises(ValueError, match="full batches"):
-        systems.batches_without_repeats(pairs[:5], batch_pairs=4, steps=3, seed=1)
+        first_batches(pairs[:5], batch_pairs=4, steps=3, seed=1)
 
 
 # ------------------------------------------------------------------ a tiny prepared dataset
@@ -104,7 +107,6 @@ def make_prepared(root: Path, seed: int = 0) -> None:
     write_table(pa.Table.from_pylist(notes, schema=NOTES.arrow_schema), se / "notes" / "notes.parquet", NOTES)
     events = {}
     for n in notes:
-        old = n["created_at"].year < 2016
         for k in range(rng.randint(1, 6)):
             t = n["created_at"] + timedelta(hours=k)
             events.setdefault(t.date(), []).append({"user_id": f"u{rng.randint(0, 9)}", "note_id": n["note_id"],
@@ -176,7 +178,8 @@ def test_eval_set_protocol(prepared_root, tmp_path):
 def test_compare_end_to_end_tiny(prepared_root, tiny_llama_dir, tmp_path):
     from evaluation import compare
     out = tmp_path / "reports"
-    argv = ["--work", str(prepared_root), "--out", str(out), "--date", "test", "--systems", "bm25,minilm,minilm_ft,smollm_prompteol,notellm",
+    argv = ["--work", str(prepared_root), "--out", str(out), "--date", "test",
+            "--systems", "bm25,minilm,minilm_ft,smollm_prompteol,notellm",
             "--steps", "2", "--batch-pairs", "4", "--eval-pairs", "12", "--pool-size", "28", "--gen-notes", "2",
             "--cases", "2", "--backbone", str(tiny_llama_dir)]
     assert compare.main(argv) == 0
@@ -296,7 +299,7 @@ def test_stage_times_are_persisted_after_each_stage(tmp_path):
     ok.parent.mkdir()
     protocol.run_stage("a", [_sys.executable, "-c", f"import time; time.sleep(0.2); open({str(ok)!r}, 'w').close()"],
                        ok, log, times, times_file)
-    with pytest.raises(Exception):                   # the next stage fails: the first one's time is kept on disk
+    with pytest.raises(subprocess.CalledProcessError):   # the next stage fails: the first one's time is kept
         protocol.run_stage("b", [_sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "b" / "_SUCCESS", log,
                            times, times_file)
     assert json.loads(times_file.read_text()) == {"a": log["a"]["wall_s"]}
