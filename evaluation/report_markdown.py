@@ -31,6 +31,7 @@ from evaluation.report_sections import (
 
 
 def cases_section(results: Mapping) -> list[str]:
+    """The paper's Figure 3 style: query cases with each system's top 3, then the generations."""
     cases = results.get("cases") or {}
     queries, generation = cases.get("queries") or [], cases.get("generation") or []
     if not queries and not generation:
@@ -40,6 +41,23 @@ def cases_section(results: Mapping) -> list[str]:
     lines = ["## Cases", "",
              "As in the paper's Figure 3: random query notes, the truth (its test-pair partner) and each "
              "system's top-3 neighbours as *title [category] #hashtags*; ✓ marks the truth.", ""]
+    lines += _query_cases(queries, label, order)
+    if generation:
+        lines += ["### Generated categories and hashtags", "",
+                  "Free and constrained category generation and the generated hashtags next to the true ones "
+                  "(✓ = category correct, **bold** = hashtag among the true ones).", ""]
+    for g in generation:
+        lines += _generation_case(g, label, order)
+    return lines
+
+
+def _ordered(names, order: list[str]) -> list[str]:
+    """Systems in report order, then any other name sorted."""
+    return [n for n in order if n in names] + sorted(set(names) - set(order))
+
+
+def _query_cases(queries: list, label: Mapping[str, str], order: list[str]) -> list[str]:
+    lines: list[str] = []
     if queries:
         names = order + sorted({n for q in queries for n in (q.get("neighbours") or {})} - set(order))
         hits = {n: sum(bool(x.get("is_truth")) for q in queries for x in (q.get("neighbours") or {}).get(n) or [])
@@ -48,7 +66,7 @@ def cases_section(results: Mapping) -> list[str]:
                   + ", ".join(f"{label.get(n, n)} {hits[n]}" for n in names) + ".", ""]
     for i, q in enumerate(queries, 1):
         neigh = q.get("neighbours") or {}
-        names = [n for n in order if n in neigh] + sorted(set(neigh) - set(order))
+        names = _ordered(neigh, order)
         qn = q.get("query") or {}
         lines += [f"### Query {i}: {escape_cell(qn.get('title'))}", "",
                   f"- **Query:** {note_cell({**qn, 'is_truth': False})}",
@@ -58,37 +76,35 @@ def cases_section(results: Mapping) -> list[str]:
             rows = [[str(r + 1)] + [note_cell((neigh[n] or [])[r] if r < len(neigh[n] or []) else None)
                                     for n in names] for r in range(depth)]
             lines += table(["#"] + [escape_cell(label.get(n, n), None) for n in names], rows,
-                            ["---:"] + ["---"] * len(names))
+                           ["---:"] + ["---"] * len(names))
             lines.append("")
-    if generation:
-        lines += ["### Generated categories and hashtags", "",
-                  "Free and constrained category generation and the generated hashtags next to the true ones "
-                  "(✓ = category correct, **bold** = hashtag among the true ones).", ""]
-    for g in generation:
-        true_cat = g.get("true_category") or ""
-        true_tags = list(g.get("true_hashtags") or [])
-        truth_set = {t.strip().lower() for t in true_tags}
-        lines += [f"#### {escape_cell(g.get('title'))}", "",
-                  f"True category **{escape_cell(true_cat, None)}**, "
-                  f"true hashtags {hashtag_cells(true_tags, 10) or '—'}", ""]
-        gen = g.get("generated") or {}
-        names = [n for n in order if n in gen] + sorted(set(gen) - set(order))
-        rows = []
-        for n in names:
-            out = gen[n] or {}
+    return lines
 
-            def cat(key, out=out, true_cat=true_cat):
-                v = out.get(key)
-                if v is None:
-                    return "—"
-                ok = v.strip().casefold() == true_cat.strip().casefold()
-                return ("✓ " if ok else "") + escape_cell(v, 40)
-            rows.append([escape_cell(label.get(n, n), None), cat("category_free"), cat("category_constrained"),
-                         hashtag_cells(out.get("hashtags"), 8, truth_set) or "—"])
-        if rows:
-            lines += table(["System", "Category (free)", "Category (constrained)", "Hashtags"], rows,
-                            ["---"] * 4)
-            lines.append("")
+
+def _category_cell(value: str | None, true_cat: str) -> str:
+    if value is None:
+        return "—"
+    ok = value.strip().casefold() == true_cat.strip().casefold()
+    return ("✓ " if ok else "") + escape_cell(value, 40)
+
+
+def _generation_case(g: Mapping, label: Mapping[str, str], order: list[str]) -> list[str]:
+    true_cat = g.get("true_category") or ""
+    true_tags = list(g.get("true_hashtags") or [])
+    truth_set = {t.strip().lower() for t in true_tags}
+    lines = [f"#### {escape_cell(g.get('title'))}", "",
+             f"True category **{escape_cell(true_cat, None)}**, "
+             f"true hashtags {hashtag_cells(true_tags, 10) or '—'}", ""]
+    gen = g.get("generated") or {}
+    rows = []
+    for n in _ordered(gen, order):
+        out = gen[n] or {}
+        rows.append([escape_cell(label.get(n, n), None), _category_cell(out.get("category_free"), true_cat),
+                     _category_cell(out.get("category_constrained"), true_cat),
+                     hashtag_cells(out.get("hashtags"), 8, truth_set) or "—"])
+    if rows:
+        lines += table(["System", "Category (free)", "Category (constrained)", "Hashtags"], rows, ["---"] * 4)
+        lines.append("")
     return lines
 
 
