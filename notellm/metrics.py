@@ -19,6 +19,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from notellm.ranking import ranks_in_rows
+
 
 def cap_k(k: int, pool_size: int) -> int:
     """K can never exceed the number of candidates (the pool without the query)."""
@@ -30,24 +32,15 @@ def target_ranks(query_vectors: np.ndarray, target_rows: np.ndarray, query_rows:
     """1-based rank of each target among the pool without the query, by inner product.
 
     ``query_rows`` / ``target_rows`` index rows of ``pool_vectors`` (-1 for a
-    query that is not itself in the pool, then nothing is excluded).
+    query that is not itself in the pool, then nothing is excluded). The rank
+    rule (ties by pool order) is :func:`notellm.ranking.ranks_in_rows`.
     """
     pool = np.asarray(pool_vectors, dtype=np.float32)
-    n = pool.shape[0]
     ranks = np.empty(len(target_rows), dtype=np.int64)
-    positions = np.arange(n)
-    for start in range(0, len(target_rows), block):
+    for start in range(0, len(target_rows), block):  # blocks bound the (b, n) score matrix
         q = np.asarray(query_vectors[start:start + block], dtype=np.float32)
-        t = target_rows[start:start + block]
-        qr = query_rows[start:start + block]
-        scores = q @ pool.T                                  # (b, n)
-        rows = np.arange(len(t))
-        s_t = scores[rows, t][:, None]
-        ahead = (scores > s_t) | ((scores == s_t) & (positions[None, :] < t[:, None]))
-        ahead[rows, t] = False
-        has_self = qr >= 0
-        ahead[rows[has_self], qr[has_self]] = False
-        ranks[start:start + block] = ahead.sum(axis=1) + 1
+        ranks[start:start + block] = ranks_in_rows(q @ pool.T, target_rows[start:start + block],
+                                                   query_rows[start:start + block])
     return ranks
 
 
