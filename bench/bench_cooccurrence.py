@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from jobs import sql_template  # noqa: E402
-from jobs.cooccurrence import Config, MATERIALISED_VIEWS, parquet_files  # noqa: E402
+from jobs.config import CooccurrenceConfig as Config  # noqa: E402
 from jobs.reference import SCORE_SCALE  # noqa: E402
+from jobs.spark_input import MATERIALISED_VIEWS, parquet_files, run_sql  # noqa: E402
 from notellm import contracts  # noqa: E402
 
 END_DATE = dt.date(2026, 11, 24)
@@ -117,11 +118,7 @@ def duckdb_child(args) -> None:
     con.execute("CREATE TEMP VIEW scoring_events AS SELECT u.user_key, e.note_key, epoch_us(e.event_time) AS event_us,"
                 " e.event_type FROM valid_events e JOIN user_keys u ON u.user_id = e.user_id")
     t_prep = time.perf_counter() - t0
-    for statement in sql_template.load("cooccurrence_score.sql", cfg.score_params()):
-        view = statement.split("VIEW", 1)[1].split()[0]
-        if view in MATERIALISED_VIEWS:
-            statement = statement.replace("TEMPORARY VIEW", "TEMPORARY TABLE", 1)
-        con.execute(statement)
+    run_sql(con, sql_template.load("cooccurrence_score.sql", cfg.score_params()))   # the job's runner
     candidates = con.execute("SELECT COUNT(*) FROM cooc_pair_candidates").fetchone()[0]
     out = Path(args.out_dir) / "duckdb_pairs.parquet"
     con.execute(f"""COPY (SELECT s.note_id AS src_note_id, d.note_id AS dst_note_id,
@@ -180,18 +177,13 @@ def sql_only_child(args) -> None:
         con.execute(f"CREATE TEMP TABLE scoring_events AS SELECT * FROM read_parquet('{source}')")
         for _ in range(args.reps):
             t = time.perf_counter()
-            for statement in statements:
-                view = statement.split("VIEW", 1)[1].split()[0]
-                if view in MATERIALISED_VIEWS:
-                    con.execute(f"DROP VIEW IF EXISTS {view}")
-                    statement = statement.replace("TEMPORARY VIEW", "TEMPORARY TABLE", 1)
-                con.execute(statement)
+            run_sql(con, statements)
             check = con.execute(RELATED_CHECK).fetchone()
             times.append(time.perf_counter() - t)
             for view in MATERIALISED_VIEWS:
                 con.execute(f"DROP TABLE {view}")
     else:
-        from jobs.cooccurrence import checkpoint_view, release
+        from jobs.spark_input import checkpoint_view, release
         from jobs.spark_session import build_spark
 
         spark = build_spark("bench-sql-only", args.master, args.shuffle_partitions or None, args.driver_memory,
@@ -200,12 +192,7 @@ def sql_only_child(args) -> None:
         held = [checkpoint_view(spark, "scoring_events")]
         for _ in range(args.reps):
             t = time.perf_counter()
-            frames = []
-            for statement in statements:
-                spark.sql(statement)
-                view = statement.split("VIEW", 1)[1].split()[0]
-                if view in MATERIALISED_VIEWS:
-                    frames.append(checkpoint_view(spark, view))
+            frames = run_sql(spark, statements)
             row = spark.sql(RELATED_CHECK).collect()[0]
             check = (row["n"], row["s"], row["h"])
             times.append(time.perf_counter() - t)
@@ -242,7 +229,7 @@ def bench(args, n: int) -> dict:
                "--driver-memory", args.driver_memory, *common]
         if args.shuffle_partitions:
             cmd += ["--shuffle-partitions", str(args.shuffle_partitions)]
-        cmd += [f"--conf={c}" for c in args.conf]
+        cmd += ["--conf", *args.conf] if args.conf else []
         wall, rss, _ = run_child(cmd)
         stats = json.loads((out / "pairs" / f"dt={END_DATE}" / "_stats.json").read_text())
         result["spark"] = {"wall_s": round(wall, 1), "job_s": stats["timings"]["total_s"], "peak_rss_gb": round(rss / 2**30, 2),

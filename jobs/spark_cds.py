@@ -14,6 +14,9 @@ when ``NOTELLM_SPARK_CDS_ARCHIVE`` names it (see ``jobs.spark_session``).
     python -m jobs.spark_cds --out var/spark-cds/driver.jsa
     export NOTELLM_SPARK_CDS_ARCHIVE=$PWD/var/spark-cds/driver.jsa
 
+(``--help`` lists the settings; the result is one JSON line with the archive
+path, its size and the recording time.)
+
 The archive is tied to the JDK build and to the class path of the pyspark
 installation that recorded it. Rebuild it after upgrading either; a stale or
 damaged archive is only ignored by the JVM (a mismatch with a warning, a damaged
@@ -23,7 +26,7 @@ signed jars (Janino) cannot be archived; the JVM says so while recording.
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -31,13 +34,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from jobs.config import REPO, SparkCdsConfig
 from jobs.spark_session import CDS_ARCHIVE_ENV
+from notellm import cli
+from notellm.config import defaults
+from notellm.files import atomic_path
 
-REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
 RUN_DATE = "2026-11-24"
+_DEFAULTS = defaults(SparkCdsConfig)
 
 
-def record(out: Path, master: str = "local[2]", events: int = 20_000) -> dict:
+def record(out: Path, master: str = _DEFAULTS["master"], events: int = _DEFAULTS["events"]) -> dict:
     """Run the co-occurrence job once on a generated sample with the JVM
     recording its loaded classes into ``out`` (written to a temporary name in
     the same folder, then renamed, so a concurrent job never maps a partial
@@ -59,8 +67,9 @@ def record(out: Path, master: str = "local[2]", events: int = 20_000) -> dict:
         landing = work / "sample" / "landing"
         subprocess.run([sys.executable, "-m", "jobs.ingest", "notes", "--landing", str(landing), "--out",
                         str(work / "root")], cwd=REPO, env=env, check=True, capture_output=True, text=True)
-        partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
-        try:
+        # The JVM writes the archive to a temporary sibling at exit; atomic_path publishes it
+        # (fsync + rename) only when the recording run succeeded, and removes it otherwise.
+        with atomic_path(out) as partial:
             job = subprocess.run(
                 [sys.executable, "-m", "jobs.cooccurrence", "--events", str(landing / "events"),
                  "--notes", str(work / "root" / "notes" / "notes.parquet"), "--out", str(work / "pairs"),
@@ -73,23 +82,23 @@ def record(out: Path, master: str = "local[2]", events: int = 20_000) -> dict:
             if not partial.is_file() or partial.stat().st_size == 0:
                 raise RuntimeError(f"the JVM wrote no archive at {partial}; does this JDK support "
                                    f"-XX:ArchiveClassesAtExit (Java 13+)?\n{job.stderr[-2000:]}")
-            os.replace(partial, out)
-        finally:
-            partial.unlink(missing_ok=True)
     return {"archive": str(out), "bytes": out.stat().st_size, "record_s": round(time.perf_counter() - started, 1)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=REPO / "var" / "spark-cds" / "driver.jsa",
-                   help="archive path to (re)publish")
-    p.add_argument("--master", default="local[2]")
-    args = p.parse_args(argv)
-    info = record(args.out, args.master)
-    print(f"wrote {info['archive']} ({info['bytes'] / 2**20:.0f} MiB) in {info['record_s']} s; "
-          f"use it with: export {CDS_ARCHIVE_ENV}={info['archive']}")
+def command(cfg: SparkCdsConfig, timer: cli.Timer) -> dict:
+    with timer.phase("record"):
+        try:
+            info = record(cfg.out, cfg.master, cfg.events)
+        except ValueError as exc:    # an unusable archive path
+            raise cli.BadInput(f"out: {exc}") from exc
+    log.info("wrote %s (%.0f MiB); use it with: export %s=%s", info["archive"], info["bytes"] / 2**20,
+             CDS_ARCHIVE_ENV, info["archive"])
+    return {**info, "export": f"{CDS_ARCHIVE_ENV}={info['archive']}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(command, SparkCdsConfig, argv, prog="python -m jobs.spark_cds")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -31,9 +31,10 @@ Spark splits ``extraJavaOptions`` on whitespace and the JVM would then fail.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 
+log = logging.getLogger(__name__)
 DEFAULT_MASTER = "local[*]"
 CDS_ARCHIVE_ENV = "NOTELLM_SPARK_CDS_ARCHIVE"
 
@@ -42,8 +43,8 @@ def usable_archive_path(path: str) -> bool:
     """A path that survives Spark's whitespace split of ``extraJavaOptions``
     (no spaces, tabs or quotes); otherwise say why and do without the archive."""
     if any(ch.isspace() or ch in "'\"" for ch in path):
-        print(f"spark_session: not using driver class-data sharing: the path {path!r} has whitespace or quotes, "
-              f"which Spark's option splitting would break (move the archive)", file=sys.stderr)
+        log.warning("not using driver class-data sharing: the path %r has whitespace or quotes, "
+                    "which Spark's option splitting would break (move the archive)", path)
         return False
     return True
 
@@ -127,7 +128,7 @@ def build_spark(app_name: str, master: str = DEFAULT_MASTER, shuffle_partitions:
         java_options = cds_java_options(given)
         if java_options != given:
             # The JVM drops a damaged archive silently, so say which one was asked for.
-            print(f"spark_session: driver class-data sharing from {os.environ[CDS_ARCHIVE_ENV]}", file=sys.stderr)
+            log.info("driver class-data sharing from %s", os.environ[CDS_ARCHIVE_ENV])
             conf["spark.driver.extraJavaOptions"] = java_options
     for key, value in conf.items():
         builder = builder.config(key, value)

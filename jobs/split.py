@@ -22,15 +22,14 @@ Output (replaced as a whole on rerun): ``<out>/train_pairs/``,
 ``_SUCCESS``.
 
 Run: ``python -m jobs.split --pairs P --train-date 2026-11-13 --test-date
-2026-11-20 --notes N --events E --out O [--max-pairs-per-category-pair K]``.
+2026-11-20 --notes N --events E --out O [--max-pairs-per-category-pair K]``;
+``--help`` lists every setting (:class:`jobs.config.SplitConfig`). The result
+is one JSON line on stdout: the counts and the phase timings.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,21 +37,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # spark-submit jobs/split.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.cooccurrence import InputError, discover_event_files, notes_files, register_inputs
-from notellm import contracts
+from jobs.config import SplitConfig
+from jobs.spark_input import InputError, discover_event_files, notes_files, register_inputs, start_spark
+from notellm import cli, contracts
 from notellm.contracts import ContractError
+from notellm.files import atomic_write_json
 
-
-@dataclasses.dataclass(frozen=True)
-class SplitConfig:
-    pairs: Path
-    train_date: dt.date
-    test_date: dt.date
-    notes: Path
-    events: Path
-    out: Path
-    max_pairs_per_category_pair: int = 0      # 0 = no balancing
-    allow_missing_days: bool = False
+__all__ = ["InputError", "SplitConfig", "check_inputs", "main", "run"]
 
 
 def _window(part: Path) -> tuple[dt.date, dt.date]:
@@ -75,6 +66,7 @@ def check_inputs(cfg: SplitConfig):
                          f"{train_window[0]}..{train_window[1]} ends (test pairs come from a later period)")
     if cfg.max_pairs_per_category_pair < 0:
         raise InputError("--max-pairs-per-category-pair must be >= 0 (0 = no balancing)")
+    # The test window's event files (for the pool) and the notes, checked before a JVM starts.
     days = [test_window[0] + dt.timedelta(days=i) for i in range((test_window[1] - test_window[0]).days + 1)]
     files = discover_event_files(cfg.events, days, cfg.allow_missing_days)
     return train_part, test_part, train_window, test_window, files, notes_files(cfg.notes)
@@ -85,17 +77,11 @@ def write_frame(df, path: Path, contract) -> int:
     return contracts.read_table(path, contract).num_rows
 
 
-def run(spark, cfg: SplitConfig) -> dict:
-    t0 = time.perf_counter()
-    train_part, test_part, train_window, test_window, files, notes = check_inputs(cfg)
-    (cfg.out / contracts.SUCCESS_MARKER).unlink(missing_ok=True)   # the old split is invalid from here on
-    spark.read.parquet(str(train_part)).createOrReplaceTempView("split_train_all")
-    spark.read.parquet(str(test_part)).createOrReplaceTempView("split_test_all")
-    register_inputs(spark, files, notes)   # events_input, notes_input, note_keys
-    k = cfg.max_pairs_per_category_pair
-    start, end_excl = test_window[0].isoformat(), (test_window[1] + dt.timedelta(days=1)).isoformat()
+def define_views(spark, k: int, start: str, end_excl: str) -> None:
+    """Temp views split_train_notes, split_train (balanced to ``k`` per
+    category combination; 0 = all), split_test and split_pool, for the test
+    window [start, end_excl)."""
     cols = ", ".join(f"p.{c}" for c in contracts.PAIRS.columns)
-
     spark.sql("""
         CREATE OR REPLACE TEMPORARY VIEW split_train_notes AS
         SELECT src_note_id AS note_id FROM split_train_all
@@ -130,18 +116,38 @@ def run(spark, cfg: SplitConfig) -> dict:
           UNION SELECT dst_note_id FROM split_test) pool
         LEFT ANTI JOIN split_train_notes t ON t.note_id = pool.note_id""")
 
+
+def write_tables(spark, out: Path) -> dict:
+    """Write the three tables; return the counts (written rows from the footers)."""
     counts = {
         "train_pairs_mined": spark.table("split_train_all").count(),
         "test_pairs_mined": spark.table("split_test_all").count(),
         "train_notes": spark.table("split_train_notes").count(),
     }
     counts["train_pairs"] = write_frame(spark.table("split_train").sortWithinPartitions("src_note_id", "rank"),
-                                        cfg.out / "train_pairs", contracts.PAIRS)
+                                        out / "train_pairs", contracts.PAIRS)
     counts["test_pairs"] = write_frame(spark.table("split_test").sortWithinPartitions("src_note_id", "rank"),
-                                       cfg.out / "test_pairs", contracts.PAIRS)
+                                       out / "test_pairs", contracts.PAIRS)
     counts["pool_notes"] = write_frame(spark.table("split_pool").sortWithinPartitions("note_id"),
-                                       cfg.out / "pool", contracts.POOL)
+                                       out / "pool", contracts.POOL)
     counts["test_queries"] = spark.table("split_test").select("src_note_id").distinct().count()
+    return counts
+
+
+def run(spark, cfg: SplitConfig, timer: cli.Timer | None = None) -> dict:
+    """Write the split; return its parameters, counts and timings (``split.json``)."""
+    timer = timer or cli.Timer()
+    t0 = time.perf_counter()
+    train_part, test_part, train_window, test_window, files, notes = check_inputs(cfg)
+    (cfg.out / contracts.SUCCESS_MARKER).unlink(missing_ok=True)   # the old split is invalid from here on
+    k = cfg.max_pairs_per_category_pair
+    with timer.phase("views"):
+        spark.read.parquet(str(train_part)).createOrReplaceTempView("split_train_all")
+        spark.read.parquet(str(test_part)).createOrReplaceTempView("split_test_all")
+        register_inputs(spark, files, notes)   # events_input, notes_input, note_keys
+        define_views(spark, k, test_window[0].isoformat(), (test_window[1] + dt.timedelta(days=1)).isoformat())
+    with timer.phase("write"):
+        counts = write_tables(spark, cfg.out)
     params = {
         "pairs": str(cfg.pairs), "notes": str(cfg.notes), "events": str(cfg.events),
         "train_date": cfg.train_date.isoformat(), "test_date": cfg.test_date.isoformat(),
@@ -154,8 +160,9 @@ def run(spark, cfg: SplitConfig) -> dict:
                     "minus train_notes",
         },
     }
-    split = {**params, "counts": counts, "timings": {"total_s": round(time.perf_counter() - t0, 3)}}
-    (cfg.out / "split.json").write_text(json.dumps(split, indent=2, sort_keys=True))
+    phases = {f"{k}_s": v for k, v in timer.as_dict().items() if k != "total"}
+    split = {**params, "counts": counts, "timings": {**phases, "total_s": round(time.perf_counter() - t0, 3)}}
+    atomic_write_json(cfg.out / "split.json", split)
     # Each table is a partition of its own for its readers (training refuses an
     # unmarked pairs folder); the split as a whole is marked last.
     for name in ("train_pairs", "test_pairs", "pool"):
@@ -165,43 +172,20 @@ def run(spark, cfg: SplitConfig) -> dict:
     return split
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from jobs.cooccurrence import _date
-
-    p = argparse.ArgumentParser(prog="python -m jobs.split", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--pairs", required=True, type=Path, help="mined pairs root (dt=YYYY-MM-DD partitions)")
-    p.add_argument("--train-date", required=True, type=_date)
-    p.add_argument("--test-date", required=True, type=_date)
-    p.add_argument("--notes", required=True, type=Path)
-    p.add_argument("--events", required=True, type=Path, help="events root, for the test pool")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--max-pairs-per-category-pair", type=int, default=0, help="balancing cap (0 = none)")
-    p.add_argument("--allow-missing-days", action="store_true")
-    p.add_argument("--master", default="local[*]")
-    p.add_argument("--shuffle-partitions", type=int, default=None)
-    p.add_argument("--driver-memory", default="4g")
-    return p
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = SplitConfig(args.pairs, args.train_date, args.test_date, args.notes, args.events, args.out,
-                      args.max_pairs_per_category_pair, args.allow_missing_days)
-    try:
+def command(cfg: SplitConfig, timer: cli.Timer) -> dict:
+    with timer.phase("check_inputs"):   # before paying for a JVM
         check_inputs(cfg)
-    except InputError as exc:
-        print(f"split: error: {exc}", file=sys.stderr)
-        return 2
-    from jobs.spark_session import build_spark
-
-    spark = build_spark("notellm-split", args.master, args.shuffle_partitions, args.driver_memory)
+    with timer.phase("spark_start"):
+        spark = start_spark("notellm-split", cfg)
     try:
-        split = run(spark, cfg)
+        split = run(spark, cfg, timer)
     finally:
         spark.stop()
-    print(json.dumps(split["counts"], indent=1))
-    return 0
+    return {"counts": split["counts"], "out": str(cfg.out)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(command, SplitConfig, argv, prog="python -m jobs.split")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ idempotent reruns, the _SUCCESS protocol and CLI input errors."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import random
 import shutil
@@ -245,13 +246,47 @@ def test_cli_refuses_missing_window_days_and_missing_notes(tmp_path):
     common = ["--out", str(tmp_path / "o"), "--quarantine-out", str(tmp_path / "q"), "--run-date", D]
     res = run_cli("--events", str(tmp_path / "events"), "--notes", str(tmp_path / "notes.parquet"), *common)
     assert res.returncode == 2 and "2026-11-14" in res.stderr and "--allow-missing-days" in res.stderr
+    assert "2026-11-14" in result_of(res)["error"] and result_of(res)["status"] == "bad_input"
     res = run_cli("--events", str(tmp_path / "events"), "--notes", str(tmp_path / "nope.parquet"),
                   "--allow-missing-days", *common)
     assert res.returncode == 2 and "notes: no Parquet file" in res.stderr
+    assert "notes: no Parquet file" in result_of(res)["error"]
     res = run_cli("--events", str(tmp_path / "events"), "--notes", str(tmp_path / "notes.parquet"),
                   "--view-types", "view,bogus", *common)
-    assert res.returncode == 2 and "bogus" in res.stderr
+    assert res.returncode == 2 and "bogus" in res.stderr and "bogus" in result_of(res)["error"]
+    res = run_cli("--events", str(tmp_path / "events"), "--notes", str(tmp_path / "notes.parquet"),
+                  "--run-date", "20-11-2026", *common[:-2])
+    assert res.returncode == 2 and "YYYY-MM-DD" in result_of(res)["error"]
     assert not (tmp_path / "o").exists()
+
+
+def result_of(res) -> dict:
+    lines = res.stdout.splitlines()
+    assert len(lines) == 1, res.stdout     # the result line and nothing else
+    return json.loads(lines[0])
+
+
+def test_cli_run_prints_one_result_line_and_writes_the_partition(tmp_path):
+    """The job as Airflow and the evaluation run it: one JVM, one JSON line."""
+    write_notes(tmp_path / "notes.parquet", list("abc"))
+    write_events(tmp_path / "events", [("u1", "a", "view", ts(D, 1)), ("u1", "b", "click", ts(D, 2)),
+                                       ("u1", "c", "click", ts(D, 3))])
+    res = run_cli("--events", str(tmp_path / "events"), "--notes", str(tmp_path / "notes.parquet"),
+                  "--out", str(tmp_path / "o"), "--quarantine-out", str(tmp_path / "q"), "--run-date", D,
+                  "--allow-missing-days", "--master", "local[1]", "--shuffle-partitions", "2",
+                  "--conf", "spark.sql.adaptive.enabled=false")
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = result_of(res)
+    stats = contracts.require_success(tmp_path / "o" / f"dt={D}")
+    assert result["status"] == "ok" and result["pairs_written"] == stats["pairs_written"] == 3
+    assert {k: result[k] for k in ("events_in", "used", "candidate_pairs")} == {"events_in": 3, "used": 3,
+                                                                                "candidate_pairs": 3}
+    assert {"check_inputs", "spark_start", "classify", "scan", "cap", "pairs", "write_pairs",
+            "total"} <= set(result["timings_s"])
+    assert {"classify_s", "cap_s", "pairs_s", "write_pairs_s", "total_s"} <= set(stats["timings"])
+    assert stats["params"] == {"window_days": 7, "upper": 30.0, "lower": 0.01, "top": 10,
+                               "view_types": ["view", "click"], "click_types": ["click"],
+                               "max_events_per_user": 200, "max_gap_hours": 24.0, "allow_missing_days": True}
 
 
 def test_sql_parameters_are_rendered_as_literals_not_text():
@@ -279,7 +314,7 @@ def _pairs_table(rows: int, null_rank: bool = False) -> pa.Table:
 
 def test_written_partition_is_checked_from_footers(tmp_path):
     import pyarrow.parquet as pq
-    from jobs.cooccurrence import check_written
+    from jobs.spark_input import check_written
 
     part = tmp_path / "dt=2026-11-20"
     part.mkdir()
@@ -300,7 +335,7 @@ def test_written_partition_is_checked_from_footers(tmp_path):
 def test_checkpointed_view_is_not_recomputed_from_the_files(spark, tmp_path):
     """A view reading the files' _metadata never matches its persist() cache
     entry, so every action re-scanned the raw files; the checkpoint cuts that."""
-    from jobs.cooccurrence import checkpoint_view, release
+    from jobs.spark_input import checkpoint_view, release
 
     write_notes(tmp_path / "notes.parquet", list("abc"))
     (spark.read.parquet(str(tmp_path / "notes.parquet"))
@@ -314,7 +349,7 @@ def test_checkpointed_view_is_not_recomputed_from_the_files(spark, tmp_path):
 
 
 def test_user_keys_broadcast_only_when_they_fit_the_threshold(spark):
-    from jobs.cooccurrence import broadcast_if_small
+    from jobs.spark_input import broadcast_if_small
 
     spark.range(100).selectExpr("CAST(id AS STRING) AS user_id", "id AS user_key") \
         .localCheckpoint().createOrReplaceTempView("t_keys")

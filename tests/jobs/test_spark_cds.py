@@ -40,7 +40,7 @@ def test_options_append_archive_and_keep_user_options(tmp_path, monkeypatch):
     assert cds_java_options("-Xshare:off") == "-Xshare:off"
 
 
-def test_archive_path_with_whitespace_is_not_passed(tmp_path, monkeypatch, capsys):
+def test_archive_path_with_whitespace_is_not_passed(tmp_path, monkeypatch, caplog):
     """Spark splits extraJavaOptions on whitespace: such a path would become a
     stray token on the java command line and the driver would not start."""
     folder = tmp_path / "a b"
@@ -49,7 +49,7 @@ def test_archive_path_with_whitespace_is_not_passed(tmp_path, monkeypatch, capsy
     archive.write_bytes(b"x")
     monkeypatch.setenv(CDS_ARCHIVE_ENV, str(archive))
     assert cds_java_options("-Xss4m") == "-Xss4m"
-    assert "whitespace" in capsys.readouterr().err
+    assert "whitespace" in caplog.text
     from jobs import spark_cds
 
     with pytest.raises(ValueError, match="whitespace"):

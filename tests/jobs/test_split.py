@@ -96,3 +96,27 @@ def test_test_window_must_follow_train_window(split_run):
     import dataclasses
     with pytest.raises(cooccurrence.InputError, match="must start after"):
         split.check_inputs(dataclasses.replace(cfg, train_date=TEST, test_date=TEST))
+
+
+def test_cli_prints_one_result_line_with_the_counts(split_run, tmp_path):
+    """The split as the retraining DAG and the evaluation run it (own JVM)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.paths import REPO
+
+    tmp, cfg, result = split_run
+    res = subprocess.run([sys.executable, "-m", "jobs.split", "--pairs", str(cfg.pairs), "--train-date", str(TRAIN),
+                          "--test-date", str(TEST), "--notes", str(cfg.notes), "--events", str(cfg.events),
+                          "--out", str(tmp_path / "cli"), "--max-pairs-per-category-pair", "1",
+                          "--master", "local[1]", "--shuffle-partitions", "2"],
+                         cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    assert len(lines) == 1, res.stdout
+    line = json.loads(lines[0])
+    assert line["status"] == "ok" and line["counts"] == result["counts"]
+    assert {"check_inputs", "spark_start", "views", "write"} <= set(line["timings_s"])
+    assert contracts.require_success(tmp_path / "cli")["counts"] == result["counts"]
