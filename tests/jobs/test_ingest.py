@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import ingest
+from notellm.cli import result_line
 from jobs.sources.sample import EVENT_DEFECTS, NOTE_DEFECTS, SampleConfig, generate
 from notellm.contracts import (EVENTS, EVENTS_LANDING, NOTES, NOTES_LANDING, QUARANTINE, ContractError,
                                read_table, require_success, write_table)
@@ -164,7 +165,8 @@ def test_missing_landing_folder_and_bad_schema_are_clear_errors(tmp_path, capsys
     with pytest.raises(FileNotFoundError, match="no Parquet files"):
         ingest.ingest_events(tmp_path / "empty", tmp_path / "out")
     assert ingest.main(["notes", "--landing", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
-    assert "nowhere" in capsys.readouterr().err
+    result = result_line(capsys.readouterr().out)
+    assert result["status"] == "bad_input" and "nowhere" in result["error"] and result["command"] == "notes"
 
     bad = tmp_path / "bad" / "events" / "dt=2026-11-20" / "part-00000.parquet"
     bad.parent.mkdir(parents=True)
