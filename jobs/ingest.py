@@ -3,6 +3,9 @@
     python -m jobs.ingest notes  --landing <landing root> --out <root>
     python -m jobs.ingest events --landing <landing root> --out <root> [--notes <notes.parquet>] [--dt D ...]
 
+(``--help`` on each subcommand lists its settings; the result is one JSON
+line on stdout with the accounting below.)
+
 Input: ``<landing>/notes/*.parquet`` (NOTES_LANDING) and
 ``<landing>/events/dt=X/*.parquet`` (EVENTS_LANDING). Every column there is
 nullable text, so each row is checked here and either accepted into the
@@ -38,8 +41,6 @@ rejected rows is built per row.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -48,11 +49,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.config import IngestEventsConfig, IngestNotesConfig
 from jobs.quarantine import concat_quarantine, quarantine_table, raw_json, write_quarantine
 from jobs.sources import split_by_day
 from notellm.contracts import (EVENT_TYPES, EVENTS, EVENTS_LANDING, NOTES, NOTES_LANDING, STATS_FILE,
                                SUCCESS_MARKER, Contract, ContractError, mark_success, read_table,
                                validate_schema, write_table)
+from notellm import cli
 
 ISO_PATTERN = (r"^(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}:\d{2})"
                r"(?P<frac>\.\d{1,9})?(?P<tz>Z|z|[+-]\d{2}:?\d{2})$")
@@ -289,6 +292,22 @@ def _refresh_day_stats(day_dir: Path) -> None:
     mark_success(day_dir, {"contract": EVENTS.name, "rows": sum(files.values()), "files": files})
 
 
+def _partition_stats(part: str, part_files: dict, by_day: dict) -> dict:
+    """The accounting of one landing partition from its files' accounting."""
+    reasons: dict[str, int] = {}
+    for f in part_files.values():
+        for k, v in f["reasons"].items():
+            reasons[k] = reasons.get(k, 0) + v
+    return {
+        "landing_partition": part, "files": part_files,
+        "rows_in": sum(f["rows_in"] for f in part_files.values()),
+        "rows_accepted": sum(f["rows_accepted"] for f in part_files.values()),
+        "rows_quarantined": sum(f["rows_quarantined"] for f in part_files.values()),
+        "accepted_rows_by_day": by_day,
+        "reasons": dict(sorted(reasons.items())),
+    }
+
+
 def ingest_events(landing: str | Path, out: str | Path, notes_path: str | Path | None = None,
                   partitions: list[str] | None = None) -> dict:
     landing, out = Path(landing), Path(out)
@@ -331,19 +350,8 @@ def ingest_events(landing: str | Path, out: str | Path, notes_path: str | Path |
         q_dir = out / "quarantine" / "events" / f"dt={part}"
         q_mine = quarantine.filter(pa.array(q_partition == part)) if quarantine.num_rows else quarantine
         write_quarantine(q_mine, q_dir / "part-00000.parquet")
-        part_files = {s: stats["files"][s] for s, p in zip(sources, file_partition) if p == part}
-        part_stats = {
-            "landing_partition": part, "files": part_files,
-            "rows_in": sum(f["rows_in"] for f in part_files.values()),
-            "rows_accepted": sum(f["rows_accepted"] for f in part_files.values()),
-            "rows_quarantined": sum(f["rows_quarantined"] for f in part_files.values()),
-            "accepted_rows_by_day": by_day,
-        }
-        reasons: dict[str, int] = {}
-        for f in part_files.values():
-            for k, v in f["reasons"].items():
-                reasons[k] = reasons.get(k, 0) + v
-        part_stats["reasons"] = dict(sorted(reasons.items()))
+        part_stats = _partition_stats(part, {s: stats["files"][s] for s, p in zip(sources, file_partition)
+                                             if p == part}, by_day)
         (q_dir / SUCCESS_MARKER).unlink(missing_ok=True)
         mark_success(q_dir, part_stats)
         per_partition[part] = part_stats
@@ -352,30 +360,33 @@ def ingest_events(landing: str | Path, out: str | Path, notes_path: str | Path |
     return {"contract": EVENTS.name, "notes": str(notes_path), "partitions": per_partition, **stats}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.ingest", description="Validate landing files into "
-                                "contract tables plus quarantine.")
-    p.add_argument("what", choices=("notes", "events"))
-    p.add_argument("--landing", required=True, help="landing root holding notes/ and events/dt=*/")
-    p.add_argument("--out", required=True, help="output root")
-    p.add_argument("--notes", help="events only: NOTES contract file with the known note ids "
-                   "(default <out>/notes/notes.parquet)")
-    p.add_argument("--dt", nargs="*", help="events only: landing partitions (YYYY-MM-DD) to ingest; default all")
-    return p.parse_args(argv)
+def _notes_command(cfg: IngestNotesConfig, timer: cli.Timer) -> dict:
+    with timer.phase("ingest_notes"):
+        return _bad_input(ingest_notes, cfg.landing, cfg.out)
+
+
+def _events_command(cfg: IngestEventsConfig, timer: cli.Timer) -> dict:
+    with timer.phase("ingest_events"):
+        return _bad_input(ingest_events, cfg.landing, cfg.out, cfg.notes, cfg.dt or None)
+
+
+def _bad_input(fn, *args) -> dict:
+    try:
+        return fn(*args)
+    except FileNotFoundError as exc:   # a missing landing folder or notes table: the same input fails again
+        raise cli.BadInput(str(exc)) from exc
+
+
+COMMANDS = {
+    "notes": cli.Subcommand(IngestNotesConfig, _notes_command, "landing notes -> notes/notes.parquet + quarantine"),
+    "events": cli.Subcommand(IngestEventsConfig, _events_command,
+                             "landing events -> events/dt=*/ + quarantine (checked against the notes)"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
-    try:
-        if a.what == "notes":
-            stats = ingest_notes(a.landing, a.out)
-        else:
-            stats = ingest_events(a.landing, a.out, a.notes, a.dt)
-    except (FileNotFoundError, ContractError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(stats, indent=2, sort_keys=True))
-    return 0
+    return cli.main(COMMANDS, argv=argv, prog="python -m jobs.ingest",
+                    description="Validate landing files into contract tables plus quarantine.")
 
 
 if __name__ == "__main__":

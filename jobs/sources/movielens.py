@@ -26,9 +26,7 @@ Every CSV row is accepted, ignored with a counted reason or quarantined
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import re
 import shutil
 import sys
@@ -41,13 +39,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from jobs.config import MovieLensConfig
 from jobs.quarantine import concat_quarantine, quarantine_table, raw_json, write_quarantine
 from jobs.sources import write_day_partitions
-from notellm.contracts import EVENTS, NOTES, mark_success, write_table
+from notellm import cli
+from notellm.config import defaults
+from notellm.contracts import NOTES, mark_success, write_table
 
 MAX_HASHTAGS = 10
 CONTENT_TAGS = 5
-DEFAULT_MIN_RATING = 3.5
+DEFAULT_MIN_RATING = defaults(MovieLensConfig)["min_rating"]
 NO_GENRES = "(no genres listed)"
 _YEAR_RE = re.compile(r"\((\d{4})\)\s*$")
 
@@ -239,20 +240,16 @@ def convert(data: str | Path, out: str | Path, min_rating: float = DEFAULT_MIN_R
     return stats
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.sources.movielens", description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="ml-latest-small folder (movies.csv, ratings.csv, tags.csv)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--min-rating", type=float, default=DEFAULT_MIN_RATING,
-                   help="ratings >= this become 'rate' events (default %(default)s; 0 keeps all)")
-    a = p.parse_args(argv)
+def command(cfg: MovieLensConfig, timer: cli.Timer) -> dict:
     try:
-        stats = convert(a.data, a.out, a.min_rating)
+        with timer.phase("convert"):
+            return convert(cfg.data, cfg.out, cfg.min_rating)
     except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(stats, indent=2, sort_keys=True))
-    return 0
+        raise cli.BadInput(str(exc)) from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(command, MovieLensConfig, argv, prog="python -m jobs.sources.movielens")
 
 
 if __name__ == "__main__":

@@ -34,10 +34,8 @@ quarantined with a reason (``missing_id``, ``duplicate_id``,
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import html
-import json
 import re
 import shutil
 import sys
@@ -49,8 +47,10 @@ from typing import Iterator
 
 import pyarrow as pa
 
+from jobs.config import StackExchangeConfig
 from jobs.quarantine import concat_quarantine, quarantine_table, write_quarantine
 from jobs.sources import write_day_partitions
+from notellm import cli
 from notellm.contracts import EVENTS, NOTES, RELATED_LINKS, mark_success, write_table
 
 LINK_TYPES = {"1": "linked", "3": "duplicate"}
@@ -385,19 +385,16 @@ def convert(data: str | Path, out: str | Path, sites: list[str] | None = None) -
     return stats
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.sources.stackexchange", description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="folder with one sub-folder per site dump")
-    p.add_argument("--sites", nargs="+", default=["all"], help="site folder or site names, or 'all'")
-    p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
+def command(cfg: StackExchangeConfig, timer: cli.Timer) -> dict:
     try:
-        stats = convert(a.data, a.out, [s for arg in a.sites for s in arg.split(",") if s])
+        with timer.phase("convert"):
+            return convert(cfg.data, cfg.out, cfg.site_list())
     except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(stats, indent=2, sort_keys=True))
-    return 0
+        raise cli.BadInput(str(exc)) from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(command, StackExchangeConfig, argv, prog="python -m jobs.sources.stackexchange")
 
 
 if __name__ == "__main__":

@@ -210,8 +210,7 @@ def test_movielens_real(ml_real, movielens_data):
     assert all(e["event_time"] >= created[e["note_id"]] for e in sample)
 
 
-def test_movielens_threshold_and_quarantine(tmp_path):
-    d = tmp_path / "ml"
+def _mini_movielens(d: Path) -> Path:
     d.mkdir()
     (d / "movies.csv").write_text('movieId,title,genres\n1,"Heat, The (1995)",Action|Crime\n2,Blank (2000),(no genres listed)\n'
                                   "x,Bad id (2001),Drama\n1,Dup (1995),Drama\n")
@@ -219,6 +218,11 @@ def test_movielens_threshold_and_quarantine(tmp_path):
                                    "3,1,7.5,400\n4,1,3.5,oops\n")
     (d / "tags.csv").write_text("userId,movieId,tag,timestamp\n1,1,Classic,50\n2,1,classic ,60\n3,1,heist,70\n"
                                 "4,9,ghost,80\n5,1,,90\n")
+    return d
+
+
+def test_movielens_threshold_and_quarantine(tmp_path):
+    d = _mini_movielens(tmp_path / "ml")
     stats = movielens.convert(d, tmp_path / "out", min_rating=3.5)
     assert stats["files"]["movies.csv"]["quarantined"] == {"duplicate_id": 1, "missing_id": 1}
     assert stats["files"]["ratings.csv"]["quarantined"] == {"bad_rating": 1, "bad_timestamp": 1, "unknown_movie": 1}
@@ -232,3 +236,33 @@ def test_movielens_threshold_and_quarantine(tmp_path):
     assert [(e["user_id"], e["note_id"]) for e in ev] == [("ml:1", "ml:1")]
     every = movielens.convert(d, tmp_path / "all", min_rating=0)
     assert every["events"] == 2 and every["files"]["ratings.csv"]["ignored"] == {}
+
+
+def _cli(*args) -> tuple[int, dict]:
+    """Run an adapter as the evaluation does (a subprocess); its stdout must be one JSON line."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.paths import REPO
+
+    res = subprocess.run([sys.executable, "-m", *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    lines = res.stdout.splitlines()
+    assert len(lines) == 1, res.stdout + res.stderr[-2000:]
+    return res.returncode, json.loads(lines[0])
+
+
+def test_adapter_clis_print_one_result_line(mini_dump, tmp_path):
+    code, se = _cli("jobs.sources.stackexchange", "--data", mini_dump, "--sites", "all", "--out", tmp_path / "se")
+    assert code == 0 and se["status"] == "ok"
+    assert {k: se[k] for k in ("notes", "events", "related_links")} == {
+        k: stackexchange.convert(mini_dump, tmp_path / "se2")[k] for k in ("notes", "events", "related_links")}
+    code, by_name = _cli("jobs.sources.stackexchange", "--data", mini_dump, "--sites", "tiny.meta,nope",
+                         "--out", tmp_path / "se3")
+    assert code == 2 and by_name["status"] == "bad_input" and "nope" in by_name["error"]
+    ml = _mini_movielens(tmp_path / "ml")
+    code, every = _cli("jobs.sources.movielens", "--data", ml, "--out", tmp_path / "ml_out", "--min-rating", 0)
+    assert code == 0 and every["status"] == "ok" and every["events"] == 2
+    code, missing = _cli("jobs.sources.movielens", "--data", tmp_path / "nowhere", "--out", tmp_path / "x")
+    assert code == 2 and missing["status"] == "bad_input"
