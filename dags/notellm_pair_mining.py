@@ -29,6 +29,22 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 from notellm_common import DEFAULT_ARGS, PAIRS_ASSET, REPO, ROOT_TEMPLATE, python, spark_driver_conf
 
+# The job's settings are defined once, in jobs.config (standard library only: no Spark at parse time).
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from jobs.config import CooccurrenceConfig
+from notellm.config import defaults, help_of
+
+JOB = defaults(CooccurrenceConfig)
+
+
+def _param(name: str, **schema) -> Param:
+    """A Param whose default and description are the job setting's."""
+    default = JOB[name]
+    if isinstance(default, (list, tuple)):
+        default, schema = ",".join(default), {"type": "string", **schema}   # passed as one comma-separated flag
+    return Param(default, description=help_of(CooccurrenceConfig, name), **schema)
+
 
 @dag(
     dag_id="notellm_pair_mining",
@@ -40,13 +56,14 @@ from notellm_common import DEFAULT_ARGS, PAIRS_ASSET, REPO, ROOT_TEMPLATE, pytho
     tags=["notellm", "spark", "pairs"],
     doc_md=__doc__,
     params={
-        "window_days": Param(7, type="integer", minimum=1, description="days of click log ending at the logical date"),
-        "upper": Param(30.0, type="number", description="drop candidates scoring above u"),
-        "lower": Param(0.01, type="number", description="drop candidates scoring below l"),
-        "top": Param(10, type="integer", minimum=1, description="keep the top t related notes per source"),
-        "max_events_per_user": Param(200, type="integer", minimum=2, description="cap guarding the self-join"),
-        "view_types": Param("view,click", type="string"),
-        "click_types": Param("click", type="string"),
+        "window_days": _param("window_days", type="integer", minimum=1),
+        "upper": _param("upper", type="number"),
+        "lower": _param("lower", type="number"),
+        "top": _param("top", type="integer", minimum=1),
+        "max_events_per_user": _param("max_events_per_user", type="integer", minimum=2),
+        "max_gap_hours": _param("max_gap_hours", type="number", minimum=0),
+        "view_types": _param("view_types"),
+        "click_types": _param("click_types"),
         "min_events": Param(100, type="integer", minimum=0, description="fewer events in the window fails the run"),
         "min_pairs": Param(10, type="integer", minimum=0, description="fewer pairs fails the run"),
     },
@@ -86,6 +103,7 @@ def notellm_pair_mining():
             "--lower", "{{ params.lower }}",
             "--top", "{{ params.top }}",
             "--max-events-per-user", "{{ params.max_events_per_user }}",
+            "--max-gap-hours", "{{ params.max_gap_hours }}",
             "--view-types", "{{ params.view_types }}",
             "--click-types", "{{ params.click_types }}",
         ],
