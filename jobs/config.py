@@ -53,8 +53,8 @@ class SparkOptions:
     shuffle_partitions: int | None = option(None, help="spark.sql.shuffle.partitions (null = 2 per local core, "
                                                        "at least 4; 200 on a cluster)")
     driver_memory: str = option("4g", help="driver JVM memory; local mode only (the JVM started by this process)")
-    conf: list[str] = option(default_factory=list, help="extra Spark settings KEY=VALUE, applied after the "
-                                                        "job's defaults")
+    conf: list[str] = option(default_factory=list, split_commas=False,
+                             help="extra Spark settings KEY=VALUE (repeat the flag), applied after the job's defaults")
 
     def spark_conf(self) -> dict[str, str]:
         out = {}

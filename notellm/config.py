@@ -28,7 +28,7 @@ from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
-_HELP, _CHOICES = "help", "choices"
+_HELP, _CHOICES, _COMMAS = "help", "choices", "split_commas"
 
 
 class ConfigError(ValueError):
@@ -36,9 +36,13 @@ class ConfigError(ValueError):
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: typing.Sequence | None = None,
-           default_factory: Callable[[], Any] | Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with its command-line help (and optional choices)."""
-    metadata = {_HELP: help, _CHOICES: tuple(choices) if choices else None}
+           default_factory: Callable[[], Any] | Any = dataclasses.MISSING, split_commas: bool = True) -> Any:
+    """A dataclass field with its command-line help (and optional choices).
+
+    List settings accept ``--ks 10 50``, ``--ks 10 --ks 50`` and, unless
+    ``split_commas=False`` (values that contain commas themselves, such as
+    ``spark.jars=a.jar,b.jar``), ``--ks 10,50`` / ``--set ks=10,50``."""
+    metadata = {_HELP: help, _CHOICES: tuple(choices) if choices else None, _COMMAS: split_commas}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -87,8 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif kind is list:
-            # space- or comma-separated: --ks 10 50 100 or --ks 10,50,100
-            parser.add_argument(flag, nargs="+", metavar=f.name.upper(), **kwargs)
+            # repeated flags add up: --conf a=1 --conf b=2
+            parser.add_argument(flag, nargs="*", action="extend", metavar=f.name.upper(), **kwargs)
         else:
             if not kwargs.get("choices"):
                 kwargs["metavar"] = f.name.upper()
@@ -122,6 +126,8 @@ def build(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
         raise ConfigError(f"{source}: required setting(s) missing: {missing}")
     values = {}
     for name, value in data.items():
+        if fields[name].metadata.get(_COMMAS, True) and _kind(hints[name])[0] is list:
+            value = _split_commas(value)
         values[name] = coerce(value, hints[name], f"{source}: {name}")
         allowed = fields[name].metadata.get(_CHOICES)
         if allowed and values[name] not in allowed:
@@ -201,7 +207,6 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             value = [value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: {value!r} is not a list")
-        value = [part for v in value for part in (v.split(",") if isinstance(v, str) else [v]) if part != ""]
         items = [coerce(v, inner, where) for v in value]
         return tuple(items) if (origin is tuple or tp is tuple) else items
     if origin is typing.Literal:
@@ -238,6 +243,15 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {value!r} is not an object")
         return value
     raise ConfigError(f"{where}: unsupported setting type {_type_name(tp)}")
+
+
+def _split_commas(value: Any) -> Any:
+    """'10,50' and ['10,50', '100'] -> ['10', '50', '100'] (other values unchanged)."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)):
+        return [part for v in value for part in (v.split(",") if isinstance(v, str) else [v]) if part != ""]
+    return value
 
 
 def _is_instance(value: Any, tp: Any) -> bool:

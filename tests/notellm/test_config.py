@@ -25,6 +25,7 @@ class Example:
     max_steps: int | None = option(None, help="stop after N steps")
     full: bool = option(False, help="ignore the previous run")
     sites: list[str] = option(default_factory=lambda: ["all"], help="sites to convert")
+    conf: list[str] = option(default_factory=list, split_commas=False, help="KEY=VALUE settings")
 
     def validate(self) -> None:
         if not 0 <= self.rate <= 1:
@@ -38,7 +39,15 @@ def test_flags_defaults_and_types():
     assert config.parse(Example, ["--notes", "x", "--bf16", "true"]).bf16 is True
     assert config.parse(Example, ["--notes", "x", "--bf16", "auto"]).bf16 == "auto"
     assert config.defaults(Example) == {"k": 10, "rate": 0.5, "mode": "auto", "bf16": "auto", "max_steps": None,
-                                        "full": False, "sites": ["all"]}
+                                        "full": False, "sites": ["all"], "conf": []}
+
+
+def test_list_settings_repeat_split_on_commas_unless_told_not_to(tmp_path):
+    cfg = config.parse(Example, ["--notes", "x", "--sites", "a,b", "c", "--sites", "d"])
+    assert cfg.sites == ["a", "b", "c", "d"]
+    assert config.parse(Example, ["--notes", "x", "--set", "sites=e,f"]).sites == ["e", "f"]
+    cfg = config.parse(Example, ["--notes", "x", "--conf", "spark.jars=a.jar,b.jar", "--conf", "k=v"])
+    assert cfg.conf == ["spark.jars=a.jar,b.jar", "k=v"]
 
 
 def test_precedence_file_then_set_then_flag(tmp_path):
