@@ -232,7 +232,8 @@ def bench(args, n: int) -> dict:
         cmd += ["--conf", *args.conf] if args.conf else []
         wall, rss, _ = run_child(cmd)
         stats = json.loads((out / "pairs" / f"dt={END_DATE}" / "_stats.json").read_text())
-        result["spark"] = {"wall_s": round(wall, 1), "job_s": stats["timings"]["total_s"], "peak_rss_gb": round(rss / 2**30, 2),
+        result["spark"] = {"wall_s": round(wall, 1), "job_s": stats["timings"]["total_s"],
+                           "peak_rss_gb": round(rss / 2**30, 2),
                            "events_per_s": round(events_in / wall), "phases": stats["timings"],
                            "used": stats["used"], "capped": stats["capped"], "users": stats["users"],
                            "candidate_pairs": stats["candidate_pairs"], "pairs_written": stats["pairs_written"]}
@@ -260,7 +261,8 @@ def bench(args, n: int) -> dict:
         sql_only = {}
         for engine in ("duckdb", "spark"):
             cmd = [sys.executable, str(Path(__file__).resolve()), "--sql-only-child", engine, "--out-dir", str(out),
-                   "--reps", str(args.reps), *[f"--conf={c}" for c in args.conf], "--threads", str(args.threads), "--master", args.master,
+                   "--reps", str(args.reps), *[f"--conf={c}" for c in args.conf], "--threads", str(args.threads),
+                   "--master", args.master,
                    "--driver-memory", args.driver_memory, *common]
             if args.shuffle_partitions:
                 cmd += ["--shuffle-partitions", str(args.shuffle_partitions)]

@@ -73,7 +73,6 @@ def notellm_pair_mining():
     def check_click_log(ds=None, params=None) -> dict:
         """The logical date's click-log partition must exist and hold rows."""
         import pyarrow.parquet as pq
-
         from notellm_common import paths
 
         events = paths()["events"]
@@ -116,9 +115,9 @@ def notellm_pair_mining():
     @task(outlets=[PAIRS_ASSET])
     def check_pairs(ds=None, params=None, outlet_events=None) -> dict:
         """Refuse an unmarked partition; fail on suspiciously small output."""
-        from notellm.contracts import require_success
-
         from notellm_common import paths
+
+        from notellm.contracts import require_success
 
         part = paths()["pairs"] / f"dt={ds}"
         stats = require_success(part)

@@ -124,7 +124,7 @@ class CooccurrenceConfig(SparkOptions):
 
     def score_params(self) -> dict:
         """The parameters of ``sql/cooccurrence_score.sql``."""
-        from jobs.reference import SCORE_SCALE, bound_units   # standard library only
+        from jobs.reference import SCORE_SCALE, bound_units  # standard library only
 
         return {
             "view_types": list(self.view_types),
@@ -244,7 +244,7 @@ class SampleConfig:
         return {k: (getattr(self, k).isoformat() if k == "end_date" else getattr(self, k)) for k in self.WORLD}
 
     def validate(self) -> None:
-        from jobs.sources.sample_world import TOPICS   # numpy: only when a sample is really made
+        from jobs.sources.sample_world import TOPICS  # numpy: only when a sample is really made
 
         if self.notes < len(TOPICS):
             raise ValueError(f"--notes must be at least the number of topics ({len(TOPICS)}), got {self.notes}")

@@ -69,9 +69,22 @@ if __package__ in (None, ""):  # spark-submit jobs/cooccurrence.py: make `jobs` 
 from jobs import sql_template
 from jobs.config import ENGAGEMENT_TYPES, CooccurrenceConfig
 from jobs.reference import SCORE_SCALE, bound_units
-from jobs.spark_input import (MATERIALISED_VIEWS, EventFiles, InputError, broadcast_if_small, checkpoint_view,
-                              discover_event_files, notes_files, persist_view, register_inputs, release, run_sql,
-                              start_spark, view_name, write_partition)
+from jobs.spark_input import (
+    MATERIALISED_VIEWS,
+    EventFiles,
+    InputError,
+    broadcast_if_small,
+    checkpoint_view,
+    discover_event_files,
+    notes_files,
+    persist_view,
+    register_inputs,
+    release,
+    run_sql,
+    start_spark,
+    view_name,
+    write_partition,
+)
 from notellm import cli, contracts
 from notellm.contracts import EVENT_TYPES
 

@@ -52,10 +52,22 @@ import pyarrow.parquet as pq
 from jobs.config import IngestEventsConfig, IngestNotesConfig
 from jobs.quarantine import concat_quarantine, quarantine_table, raw_json, write_quarantine
 from jobs.sources import split_by_day
-from notellm.contracts import (EVENT_TYPES, EVENTS, EVENTS_LANDING, NOTES, NOTES_LANDING, STATS_FILE,
-                               SUCCESS_MARKER, Contract, ContractError, mark_success, read_table,
-                               validate_schema, write_table)
 from notellm import cli
+from notellm.contracts import (
+    EVENT_TYPES,
+    EVENTS,
+    EVENTS_LANDING,
+    NOTES,
+    NOTES_LANDING,
+    STATS_FILE,
+    SUCCESS_MARKER,
+    Contract,
+    ContractError,
+    mark_success,
+    read_table,
+    validate_schema,
+    write_table,
+)
 
 ISO_PATTERN = (r"^(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}:\d{2})"
                r"(?P<frac>\.\d{1,9})?(?P<tz>Z|z|[+-]\d{2}:?\d{2})$")

@@ -31,8 +31,7 @@ import pyarrow.compute as pc
 from jobs.config import SampleConfig
 from jobs.sources import split_by_day
 from jobs.sources.sample_events import generate_events
-from jobs.sources.sample_world import (DEFAULT_END_DATE, FORMATS, TOPICS, World, generate_world, note_ids,
-                                       user_ids)
+from jobs.sources.sample_world import DEFAULT_END_DATE, FORMATS, TOPICS, World, generate_world, note_ids, user_ids
 from notellm import cli
 from notellm.contracts import EVENTS, EVENTS_LANDING, NOTES, NOTES_LANDING, mark_success, write_table
 from notellm.files import atomic_write_json

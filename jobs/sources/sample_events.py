@@ -14,10 +14,25 @@ import pyarrow as pa
 
 from jobs.config import SampleConfig
 from jobs.sources import MICROS_PER_DAY
-from jobs.sources.sample_world import (BOT_SHARE_OF_EVENTS, EVENT_TYPE_NAMES, FEED_COMMUNITY_SHARE, FORMATS,
-                                       HOURLY_PROFILE, IMPRESSION_OFF_TOPIC, INTEREST_WEIGHTS, MEAN_IMPRESSIONS,
-                                       P_CLICK_OTHER_FORMAT, P_CLICK_OWN_FORMAT, P_VIEW_OTHER_FORMAT,
-                                       P_VIEW_OWN_FORMAT, SESSION_OFF_TOPIC, TOPICS, World, _micros, user_ids)
+from jobs.sources.sample_world import (
+    BOT_SHARE_OF_EVENTS,
+    EVENT_TYPE_NAMES,
+    FEED_COMMUNITY_SHARE,
+    FORMATS,
+    HOURLY_PROFILE,
+    IMPRESSION_OFF_TOPIC,
+    INTEREST_WEIGHTS,
+    MEAN_IMPRESSIONS,
+    P_CLICK_OTHER_FORMAT,
+    P_CLICK_OWN_FORMAT,
+    P_VIEW_OTHER_FORMAT,
+    P_VIEW_OWN_FORMAT,
+    SESSION_OFF_TOPIC,
+    TOPICS,
+    World,
+    _micros,
+    user_ids,
+)
 
 
 def _weighted_pick(rng: np.random.Generator, cumulative: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

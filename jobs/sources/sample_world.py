@@ -253,7 +253,7 @@ def _render_texts(rng: np.random.Generator, topic: np.ndarray, fmt: np.ndarray,
         t, f = TOPICS[topic[i]], FORMATS[fmt[i]]
         templates = f.sentences[:n_own] + COMMON_SENTENCES
 
-        def word(slot: int, k: int) -> str:
+        def word(slot: int, k: int, i: int = i, t=t) -> str:  # this note's i and topic, bound now
             src = TOPICS[noise_topic[i, slot, k]] if noise[i, slot, k] else t
             return src.words[word_idx[i, slot, k]]
 

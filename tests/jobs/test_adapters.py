@@ -29,11 +29,14 @@ def _xml(path: Path, root: str, rows: list[str], crlf: bool = False) -> None:
 def mini_dump(tmp_path):
     site = tmp_path / "data" / "tiny.meta.stackexchange.com"
     site.mkdir(parents=True)
-    body = "&lt;p&gt;How do I &lt;b&gt;brew&lt;/b&gt; a &amp;quot;stout&amp;quot;?&lt;/p&gt;&#xA;&lt;pre&gt;&lt;code&gt;x &amp;lt; 1&lt;/code&gt;&lt;/pre&gt;"
+    body = ("&lt;p&gt;How do I &lt;b&gt;brew&lt;/b&gt; a &amp;quot;stout&amp;quot;?&lt;/p&gt;&#xA;"
+            "&lt;pre&gt;&lt;code&gt;x &amp;lt; 1&lt;/code&gt;&lt;/pre&gt;")
     _xml(site / "posts.xml", "posts", [                       # lower-case name, CRLF line endings
-        f'Id="1" PostTypeId="1" CreationDate="2020-01-01T10:00:00.123" OwnerUserId="5" Title="Brewing a stout" Body="{body}" Tags="&lt;brewing&gt;&lt;stout&gt;"',
+        f'Id="1" PostTypeId="1" CreationDate="2020-01-01T10:00:00.123" OwnerUserId="5" Title="Brewing a stout" '
+        f'Body="{body}" Tags="&lt;brewing&gt;&lt;stout&gt;"',
         'Id="2" PostTypeId="1" CreationDate="2020-01-02T10:00:00.000" Title="Pipe tags" Body="b" Tags="|ale|ipa|"',
-        'Id="3" PostTypeId="1" CreationDate="2020-01-03T10:00:00.000" OwnerUserId="5" Title="" Body="&lt;p&gt; &lt;/p&gt;"',
+        'Id="3" PostTypeId="1" CreationDate="2020-01-03T10:00:00.000" OwnerUserId="5" Title="" '
+        'Body="&lt;p&gt; &lt;/p&gt;"',
         'Id="4" PostTypeId="1" CreationDate="not a date" OwnerUserId="5" Title="t" Body="b"',
         'Id="10" PostTypeId="2" ParentId="1" CreationDate="2020-01-01T11:00:00.000" OwnerUserId="6" Body="a"',
         'Id="11" PostTypeId="2" ParentId="999" CreationDate="2020-01-01T11:00:00.000" OwnerUserId="6" Body="a"',
@@ -102,7 +105,7 @@ def test_stackexchange_mini_dump_every_case(mini_dump, tmp_path):
     ]
     assert s["notes_without_ask_event"] == 1              # question 2 has no owner
     links = read_table(out / "related_links" / "related_links.parquet", RELATED_LINKS).to_pylist()
-    assert [(l["src_note_id"], l["dst_note_id"], l["link_type"]) for l in links] == [
+    assert [(link["src_note_id"], link["dst_note_id"], link["link_type"]) for link in links] == [
         ("tiny.meta:2", "tiny.meta:1", "linked"), ("tiny.meta:1", "tiny.meta:2", "duplicate")]
     q = read_table(out / "quarantine" / "part-00000.parquet", QUARANTINE)
     assert q.num_rows == stats["rows_quarantined"] == 6 + 2 + 1
@@ -212,7 +215,8 @@ def test_movielens_real(ml_real, movielens_data):
 
 def _mini_movielens(d: Path) -> Path:
     d.mkdir()
-    (d / "movies.csv").write_text('movieId,title,genres\n1,"Heat, The (1995)",Action|Crime\n2,Blank (2000),(no genres listed)\n'
+    (d / "movies.csv").write_text('movieId,title,genres\n1,"Heat, The (1995)",Action|Crime\n'
+                                  '2,Blank (2000),(no genres listed)\n'
                                   "x,Bad id (2001),Drama\n1,Dup (1995),Drama\n")
     (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,100\n1,2,2.0,200\n2,9,5.0,300\n"
                                    "3,1,7.5,400\n4,1,3.5,oops\n")

@@ -42,7 +42,8 @@ def run_cli(module: list[str], *args, timeout: int = 120) -> subprocess.Complete
 def result_of(res: subprocess.CompletedProcess) -> dict:
     """The one stdout line, parsed: nothing else may reach stdout."""
     lines = res.stdout.splitlines()
-    assert len(lines) == 1, f"stdout must be one JSON line, got {len(lines)}:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+    assert len(lines) == 1, (f"stdout must be one JSON line, got {len(lines)}:\n{res.stdout[-2000:]}\n"
+                             f"{res.stderr[-2000:]}")
     return json.loads(lines[0])
 
 

@@ -15,11 +15,11 @@ import sys
 import pyarrow as pa
 import pytest
 
-from tests.support.events import empty_days, ts, write_events, write_notes
-from tests.support.paths import REPO
 from jobs import reference, sql_template
 from jobs.cooccurrence import Config, read_pairs, run
 from notellm import contracts
+from tests.support.events import empty_days, ts, write_events, write_notes
+from tests.support.paths import REPO
 
 RUN_DATE = dt.date(2026, 11, 20)
 D = "2026-11-20"
@@ -314,6 +314,7 @@ def _pairs_table(rows: int, null_rank: bool = False) -> pa.Table:
 
 def test_written_partition_is_checked_from_footers(tmp_path):
     import pyarrow.parquet as pq
+
     from jobs.spark_input import check_written
 
     part = tmp_path / "dt=2026-11-20"

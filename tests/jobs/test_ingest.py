@@ -11,10 +11,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import ingest
-from notellm.cli import result_line
 from jobs.sources.sample import EVENT_DEFECTS, NOTE_DEFECTS, SampleConfig, generate
-from notellm.contracts import (EVENTS, EVENTS_LANDING, NOTES, NOTES_LANDING, QUARANTINE, ContractError,
-                               read_table, require_success, write_table)
+from notellm.cli import result_line
+from notellm.contracts import (
+    EVENTS,
+    EVENTS_LANDING,
+    NOTES,
+    NOTES_LANDING,
+    QUARANTINE,
+    ContractError,
+    read_table,
+    require_success,
+    write_table,
+)
 
 CFG = SampleConfig(notes=300, users=200, events=12_000, days=4, seed=3)
 

@@ -15,7 +15,6 @@ from jobs.spark_session import CDS_ARCHIVE_ENV, cds_java_options
 from tests.support.paths import REPO
 
 
-
 def test_options_unchanged_without_archive(tmp_path, monkeypatch):
     monkeypatch.delenv(CDS_ARCHIVE_ENV, raising=False)
     assert cds_java_options("-Xss4m") == "-Xss4m"

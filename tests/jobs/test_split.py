@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from tests.support.events import empty_days, ts, write_events, write_notes
 from jobs import cooccurrence, split
 from notellm import contracts
+from tests.support.events import empty_days, ts, write_events, write_notes
 
 pytestmark = pytest.mark.slow
 TRAIN, TEST = dt.date(2026, 11, 13), dt.date(2026, 11, 20)
