@@ -33,6 +33,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -130,16 +131,26 @@ def movie_content(title: str, genres: list[str], tags: list[str]) -> str:
     return text
 
 
-def convert(data: str | Path, out: str | Path, min_rating: float = DEFAULT_MIN_RATING) -> dict:
-    data, out = Path(data), Path(out)
-    if not data.is_dir():
-        raise FileNotFoundError(f"MovieLens folder {data} does not exist")
-    t0 = time.perf_counter()
-    movies_path, ratings_path, tags_path = data / "movies.csv", data / "ratings.csv", data / "tags.csv"
-    movies, ratings, tags = _read_csv(movies_path), _read_csv(ratings_path), _read_csv(tags_path)
+class Ratings(NamedTuple):
+    """ratings.csv validated: its ledger and the parsed id/time columns."""
+    ledger: Ledger
+    user: np.ndarray
+    movie: np.ndarray
+    ts: np.ndarray
 
-    # movies
-    mled = Ledger(movies_path, movies)
+
+class Tags(NamedTuple):
+    """tags.csv validated: its ledger, the parsed columns and the normalised tag text."""
+    ledger: Ledger
+    movie: np.ndarray
+    ts: np.ndarray
+    text: pa.ChunkedArray
+
+
+def check_movies(path: Path, movies: pa.Table) -> tuple[Ledger, np.ndarray, list[str]]:
+    """movies.csv -> (ledger, movie ids, trimmed titles): quarantine missing and
+    repeated ids (the first row of an id wins) and empty titles."""
+    mled = Ledger(path, movies)
     movie_id = _positive_int(movies.column("movieId"))
     mled.quarantine(movie_id < 0, "missing_id", "movieId")
     first = np.zeros(len(movie_id), dtype=bool)
@@ -148,48 +159,68 @@ def convert(data: str | Path, out: str | Path, min_rating: float = DEFAULT_MIN_R
     mled.quarantine(~first, "duplicate_id", "movieId")
     titles = pc.utf8_trim_whitespace(pc.fill_null(movies.column("title"), "")).to_pylist()
     mled.quarantine(np.array([not t for t in titles], dtype=bool), "empty_text")
-    known_movies = set(movie_id[mled.ok].tolist())
-    known_arr = pa.array(sorted(known_movies), pa.int64())
+    return mled, movie_id, titles
 
-    # ratings
-    rled = Ledger(ratings_path, ratings)
+
+def check_ratings(path: Path, ratings: pa.Table, known: pa.Array, min_rating: float) -> Ratings:
+    """ratings.csv: quarantine bad ids, unknown movies, bad ratings and times;
+    ignore ratings below ``min_rating``."""
+    rled = Ledger(path, ratings)
     r_user = _positive_int(ratings.column("userId"))
     r_movie = _positive_int(ratings.column("movieId"))
     r_value = _float(ratings.column("rating"))
     r_ts = _positive_int(ratings.column("timestamp"))
     rled.quarantine(r_user < 0, "missing_id", "userId")
     rled.quarantine(r_movie < 0, "missing_id", "movieId")
-    in_catalogue = pc.is_in(pa.array(r_movie), value_set=known_arr).to_numpy(zero_copy_only=False)
+    in_catalogue = pc.is_in(pa.array(r_movie), value_set=known).to_numpy(zero_copy_only=False)
     rled.quarantine(~in_catalogue, "unknown_movie", "movieId")
     rled.quarantine(~((r_value >= 0.5) & (r_value <= 5.0)), "bad_rating", "rating")
     rled.quarantine(r_ts < 0, "bad_timestamp", "timestamp")
     rled.ignore(r_value < min_rating, "rating_below_threshold")
+    return Ratings(rled, r_user, r_movie, r_ts)
 
-    # tags
-    tled = Ledger(tags_path, tags)
+
+def check_tags(path: Path, tags: pa.Table, known: pa.Array) -> Tags:
+    """tags.csv: trim and lower-case the tags; quarantine bad ids, unknown movies, empty tags."""
+    tled = Ledger(path, tags)
     t_movie = _positive_int(tags.column("movieId"))
     t_ts = _positive_int(tags.column("timestamp"))
     tag_text = pc.utf8_lower(pc.utf8_trim_whitespace(pc.fill_null(tags.column("tag"), "")))
     tled.quarantine(t_movie < 0, "missing_id", "movieId")
-    tled.quarantine(~pc.is_in(pa.array(t_movie), value_set=known_arr).to_numpy(zero_copy_only=False),
+    tled.quarantine(~pc.is_in(pa.array(t_movie), value_set=known).to_numpy(zero_copy_only=False),
                     "unknown_movie", "movieId")
     tled.quarantine(pc.equal(tag_text, "").to_numpy(zero_copy_only=False), "empty_tag")
-    tag_counts = (pa.table({"movie": pa.array(t_movie), "tag": tag_text}).filter(pa.array(tled.ok))
+    return Tags(tled, t_movie, t_ts, tag_text)
+
+
+def top_tags(tags: Tags) -> dict[int, list[str]]:
+    """movie id -> its accepted tags, most frequent first, ties alphabetical, at most MAX_HASHTAGS."""
+    tag_counts = (pa.table({"movie": pa.array(tags.movie), "tag": tags.text}).filter(pa.array(tags.ledger.ok))
                   .group_by(["movie", "tag"]).aggregate([("tag", "count")])
                   .sort_by([("movie", "ascending"), ("tag_count", "descending"), ("tag", "ascending")]))
-    top_tags: dict[int, list[str]] = {}
+    top: dict[int, list[str]] = {}
     for m, t in zip(tag_counts.column("movie").to_pylist(), tag_counts.column("tag").to_pylist()):
-        lst = top_tags.setdefault(m, [])
+        lst = top.setdefault(m, [])
         if len(lst) < MAX_HASHTAGS:
             lst.append(t)
+    return top
 
-    # created_at = first interaction (any valid rating, liked or not, or tag)
-    r_valid = (rled.reason == "")
-    stamps = pa.table({"movie": pa.array(np.concatenate([r_movie[r_valid], t_movie[tled.ok]])),
-                       "ts": pa.array(np.concatenate([r_ts[r_valid], t_ts[tled.ok & (t_ts > 0)]]))})
+
+def first_interaction(ratings: Ratings, tags: Tags) -> dict[int, int]:
+    """movie id -> unix seconds of its first interaction (any valid rating,
+    liked or not, or tag)."""
+    r_valid = (ratings.ledger.reason == "")
+    t_ok = tags.ledger.ok
+    stamps = pa.table({"movie": pa.array(np.concatenate([ratings.movie[r_valid], tags.movie[t_ok]])),
+                       "ts": pa.array(np.concatenate([ratings.ts[r_valid], tags.ts[t_ok & (tags.ts > 0)]]))})
     first_seen = stamps.group_by("movie").aggregate([("ts", "min")])
-    first_ts = dict(zip(first_seen.column("movie").to_pylist(), first_seen.column("ts_min").to_pylist()))
+    return dict(zip(first_seen.column("movie").to_pylist(), first_seen.column("ts_min").to_pylist()))
 
+
+def build_notes(movies: pa.Table, mled: Ledger, movie_id: np.ndarray, titles: list[str],
+                tags_of: dict[int, list[str]], first_ts: dict[int, int]) -> pa.Table:
+    """One NOTES row per accepted movie. A movie with neither an interaction nor
+    a year in its title is quarantined here (``no_created_at``, on ``mled``)."""
     genres_col = pc.fill_null(movies.column("genres"), "").to_pylist()
     note_rows = {k: [] for k in NOTES.columns}
     for i in np.flatnonzero(mled.ok):
@@ -203,36 +234,63 @@ def convert(data: str | Path, out: str | Path, min_rating: float = DEFAULT_MIN_R
                 mled.reason[i] = "no_created_at"
                 continue
             created = dt.datetime(int(year.group(1)), 1, 1, tzinfo=dt.timezone.utc)
-        tags_i = top_tags.get(mid, [])
+        tags_i = tags_of.get(mid, [])
         note_rows["note_id"].append(f"ml:{mid}")
         note_rows["title"].append(titles[i])
         note_rows["content"].append(movie_content(titles[i], genres, tags_i))
         note_rows["hashtags"].append(tags_i)
         note_rows["category"].append(genres[0] if genres else "unknown")
         note_rows["created_at"].append(created)
-    notes = pa.table({k: pa.array(v, NOTES.schema.field(k).type) for k, v in note_rows.items()}, schema=NOTES.schema)
+    return pa.table({k: pa.array(v, NOTES.schema.field(k).type) for k, v in note_rows.items()}, schema=NOTES.schema)
 
-    keep = rled.ok
-    events = pa.table({
-        "user_id": pc.binary_join_element_wise("ml:", pa.array(r_user[keep]).cast(pa.string()), ""),
-        "note_id": pc.binary_join_element_wise("ml:", pa.array(r_movie[keep]).cast(pa.string()), ""),
+
+def build_events(ratings: Ratings) -> pa.Table:
+    """Accepted ratings -> ``rate`` events, sorted by time, user, note."""
+    keep = ratings.ledger.ok
+    return pa.table({
+        "user_id": pc.binary_join_element_wise("ml:", pa.array(ratings.user[keep]).cast(pa.string()), ""),
+        "note_id": pc.binary_join_element_wise("ml:", pa.array(ratings.movie[keep]).cast(pa.string()), ""),
         "event_type": pa.array(np.full(int(keep.sum()), "rate", dtype=object), pa.string()),
-        "event_time": pa.array(r_ts[keep] * 1_000_000, pa.timestamp("us", tz="UTC")),
+        "event_time": pa.array(ratings.ts[keep] * 1_000_000, pa.timestamp("us", tz="UTC")),
     }).sort_by([("event_time", "ascending"), ("user_id", "ascending"), ("note_id", "ascending")])
-    quarantine = concat_quarantine([mled.quarantine_table(), rled.quarantine_table(), tled.quarantine_table()])
 
+
+def write_outputs(out: Path, notes: pa.Table, events: pa.Table, quarantine: pa.Table) -> dict[str, int]:
+    """Replace notes/, events/ and quarantine/ under ``out``; the rows per event day."""
     for sub in ("notes", "events", "quarantine"):       # the run owns its output root
         if (out / sub).exists():
             shutil.rmtree(out / sub)
     write_table(notes, out / "notes" / "notes.parquet", NOTES)
     rows_per_day = write_day_partitions(events, out / "events")
     write_quarantine(quarantine, out / "quarantine" / "part-00000.parquet")
-    files = {"movies.csv": mled.stats(), "ratings.csv": rled.stats(), "tags.csv": tled.stats()}
+    return rows_per_day
+
+
+def convert(data: str | Path, out: str | Path, min_rating: float = DEFAULT_MIN_RATING) -> dict:
+    """ml-latest-small folder -> NOTES, EVENTS and quarantine under ``out``; the run's stats."""
+    data, out = Path(data), Path(out)
+    if not data.is_dir():
+        raise FileNotFoundError(f"MovieLens folder {data} does not exist")
+    t0 = time.perf_counter()
+    movies_path, ratings_path, tags_path = data / "movies.csv", data / "ratings.csv", data / "tags.csv"
+    movies, ratings_t, tags_t = _read_csv(movies_path), _read_csv(ratings_path), _read_csv(tags_path)
+
+    mled, movie_id, titles = check_movies(movies_path, movies)
+    known = pa.array(sorted(set(movie_id[mled.ok].tolist())), pa.int64())
+    ratings = check_ratings(ratings_path, ratings_t, known, min_rating)
+    tags = check_tags(tags_path, tags_t, known)
+    notes = build_notes(movies, mled, movie_id, titles, top_tags(tags), first_interaction(ratings, tags))
+    events = build_events(ratings)
+    quarantine = concat_quarantine([mled.quarantine_table(), ratings.ledger.quarantine_table(),
+                                    tags.ledger.quarantine_table()])
+    rows_per_day = write_outputs(out, notes, events, quarantine)
+
+    files = {"movies.csv": mled.stats(), "ratings.csv": ratings.ledger.stats(), "tags.csv": tags.ledger.stats()}
     stats = {"source": "movielens", "data": str(data), "min_rating": min_rating, "files": files,
              **{k: sum(f[k] for f in files.values())
                 for k in ("rows_in", "rows_accepted", "rows_ignored", "rows_quarantined")},
              "notes": notes.num_rows, "events": events.num_rows, "event_days": len(rows_per_day),
-             "notes_with_hashtags": sum(1 for h in note_rows["hashtags"] if h),
+             "notes_with_hashtags": sum(1 for h in notes.column("hashtags").to_pylist() if h),
              "seconds": round(time.perf_counter() - t0, 2)}
     mark_success(out / "notes", {"contract": NOTES.name, "rows": notes.num_rows})
     mark_success(out / "quarantine", {"rows": quarantine.num_rows})
