@@ -8,16 +8,25 @@ both outputs are identical, and print events/second, the Spark/DuckDB time
 ratio, peak RSS of each and Spark's phase timings.
 
     flock /tmp/notellm-heavy.lock .venv/bin/python bench/bench_cooccurrence.py --events 1000000
+
+One JSON result line on stdout (notellm.cli contract): one row per N under
+``"rows"``, each also logged to stderr as it finishes. The DuckDB sides and the
+Spark scoring-SQL-only side run in child processes of this same script
+(``bench_cooccurrence.py child --config FILE``, settings in ``ChildConfig``,
+written next to the outputs), which keep the same contract: the parent reads
+their result line.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,9 +37,75 @@ from jobs import sql_template  # noqa: E402
 from jobs.config import CooccurrenceConfig as Config  # noqa: E402
 from jobs.reference import SCORE_SCALE  # noqa: E402
 from jobs.spark_input import MATERIALISED_VIEWS, parquet_files, run_sql  # noqa: E402
-from notellm import contracts  # noqa: E402
+from notellm import cli, contracts  # noqa: E402
+from notellm.config import option, to_dict  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 END_DATE = dt.date(2026, 11, 24)
+SCRIPT = Path(__file__).resolve()
+CHILD_ENGINES = ("duckdb", "straightforward", "sql-only-duckdb", "sql-only-spark")
+
+
+@dataclasses.dataclass
+class BenchCooccurrenceConfig:
+    """Co-occurrence mining: Spark job vs DuckDB running the same scoring SQL."""
+
+    events: list[int] = option(default_factory=lambda: [1_000_000], help="sample sizes N (events), one row each")
+    workdir: Path = option(REPO / "var" / "bench" / "cooccurrence",
+                           help="samples (cached per N) and outputs")
+    seed: int = option(7, help="sample generator seed")
+    master: str = option("local[2]", help="Spark master of both Spark runs")
+    driver_memory: str = option("6g", help="Spark driver memory")
+    shuffle_partitions: int = option(0, help="spark.sql.shuffle.partitions (0: the job's default)")
+    threads: int = option(2, help="DuckDB threads")
+    max_events_per_user: int = option(200, help="events kept per user (the job's cap)")
+    max_gap_hours: float = option(24.0, help="largest gap between two co-visits that still counts")
+    skip_spark: bool = option(False, help="do not run the Spark job")
+    skip_duckdb: bool = option(False, help="do not run DuckDB on the job's scoring SQL")
+    sql_only: bool = option(True, help="also time the scoring SQL alone on a warm session/connection of each engine")
+    conf: list[str] = option(default_factory=list, split_commas=False,
+                             help="extra Spark setting KEY=VALUE for both Spark runs (repeatable), passed as the "
+                                  "job's --conf")
+    straightforward: bool = option(False, help="also run bench/straightforward_cooccurrence.sql (string ids, "
+                                               "generic self-join) in DuckDB: the kind of baseline the issue's "
+                                               "target was set against (the issue: 566 s, 20 GB at 10M; here "
+                                               "10.5-12.5 s, 1.8-1.9 GB)")
+    duckdb_memory_limit: str = option("", help="DuckDB memory_limit for the straightforward run")
+    reps: int = option(3, help="scoring-SQL-only repetitions (the first one is cold)")
+
+    def validate(self) -> None:
+        if not self.events or min(self.events) < 1:
+            raise ValueError("--events needs at least one size >= 1")
+        if self.reps < 1 or self.threads < 1:
+            raise ValueError("--reps and --threads must be >= 1")
+        bad = [c for c in self.conf if "=" not in c]
+        if bad:
+            raise ValueError(f"--conf expects KEY=VALUE, got {bad}")
+
+
+@dataclasses.dataclass
+class ChildConfig:
+    """Internal: one engine's side of the benchmark in its own process (a clean peak-memory figure)."""
+
+    engine: str = option(help="which side to run", choices=CHILD_ENGINES)
+    out_dir: Path = option(help="the size's output folder (scoring_events.parquet is written / read here)")
+    events_root: Path | None = option(None, help="EVENTS root (duckdb, straightforward)")
+    notes: Path | None = option(None, help="NOTES file (duckdb, straightforward)")
+    run_date: str = option(END_DATE.isoformat(), help="last day of the window, YYYY-MM-DD")
+    threads: int = option(2, help="DuckDB threads")
+    max_events_per_user: int = option(200, help="events kept per user")
+    max_gap_hours: float = option(24.0, help="largest gap between two co-visits that still counts")
+    duckdb_memory_limit: str = option("", help="DuckDB memory_limit (straightforward)")
+    reps: int = option(3, help="scoring-SQL-only repetitions")
+    master: str = option("local[2]", help="Spark master (sql-only-spark)")
+    driver_memory: str = option("6g", help="Spark driver memory (sql-only-spark)")
+    shuffle_partitions: int = option(0, help="spark.sql.shuffle.partitions (0: default)")
+    conf: list[str] = option(default_factory=list, split_commas=False, help="extra Spark settings KEY=VALUE")
+
+    def validate(self) -> None:
+        if self.engine in ("duckdb", "straightforward") and (self.events_root is None or self.notes is None):
+            raise ValueError(f"engine {self.engine} needs events_root and notes")
 
 
 def generate(workdir: Path, events: int, seed: int) -> Path:
@@ -68,22 +143,40 @@ def _tree_rss(pid: int) -> int:
 
 def run_child(cmd: list[str]) -> tuple[float, int, str]:
     """Run ``cmd``; return (wall s, peak resident bytes of its whole process
-    tree, sampled every 0.2 s (the Spark JVM is a grandchild), stdout)."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, _tree_rss(proc.pid))
-        time.sleep(0.2)
-    stdout, stderr = proc.communicate()
-    wall = time.perf_counter() - t
+    tree, sampled every 0.2 s (the Spark JVM is a grandchild), stdout).
+    Output goes to temporary files, not pipes, so a chatty child cannot block."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(REPO)))
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _tree_rss(proc.pid))
+            time.sleep(0.2)
+        wall = time.perf_counter() - t
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}):\n{stderr[-3000:]}")
+        raise RuntimeError(f"{cmd[:4]} failed ({proc.returncode}):\n{stderr[-3000:]}")
     return wall, peak, stdout
 
 
-def _duckdb_window(args):
+def child_command(cfg: ChildConfig) -> list[str]:
+    """This script as a child: its settings in a JSON file beside the outputs (kept: the exact settings)."""
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    path = cfg.out_dir / f"child-{cfg.engine}.json"
+    path.write_text(json.dumps(to_dict(cfg), indent=1))
+    return [sys.executable, str(SCRIPT), "child", "--config", str(path)]
+
+
+def run_engine(cfg: ChildConfig) -> tuple[float, int, dict]:
+    """Run one child; (wall s, peak RSS bytes, its result line)."""
+    wall, rss, stdout = run_child(child_command(cfg))
+    return wall, rss, cli.result_line(stdout)
+
+
+def _duckdb_window(args: ChildConfig):
     """The DuckDB children's common start: config, connection (threads, UTC,
     spill folder), the window's event files, used types and [start, end)."""
     import duckdb
@@ -102,7 +195,7 @@ def _duckdb_window(args):
     return cfg, con, files, used, start, end
 
 
-def duckdb_child(args) -> None:
+def duckdb_child(args: ChildConfig) -> dict:
     """Runs in its own process: DuckDB with the same scoring SQL."""
     cfg, con, files, used, start, end = _duckdb_window(args)
     t0 = time.perf_counter()
@@ -130,10 +223,10 @@ def duckdb_child(args) -> None:
     # Untimed: the scoring input with dense keys, for the scoring-SQL-only comparison.
     con.execute(f"COPY (SELECT * FROM scoring_events) TO '{Path(args.out_dir) / 'scoring_events.parquet'}' "
                 f"(FORMAT parquet)")
-    print(json.dumps({"total_s": total, "prep_s": t_prep, "candidate_pairs": candidates}))
+    return {"total_s": total, "prep_s": t_prep, "candidate_pairs": candidates}
 
 
-def straightforward_child(args) -> None:
+def straightforward_child(args: ChildConfig) -> dict:
     """Runs in its own process: DuckDB with the straightforward SQL
     (bench/straightforward_cooccurrence.sql: string ids, a generic per-user
     self-join), the baseline the issue's target was stated against."""
@@ -146,20 +239,20 @@ def straightforward_child(args) -> None:
         FROM read_parquet({files!r}) e SEMI JOIN read_parquet('{cfg.notes}') n ON n.note_id = e.note_id
         WHERE e.user_id IS NOT NULL AND trim(e.user_id) <> '' AND e.event_time >= TIMESTAMPTZ '{start}'
           AND e.event_time < TIMESTAMPTZ '{end}' AND e.event_type IN ({sql_template.literal('t', used)})""")
-    text = (Path(__file__).resolve().parent / "straightforward_cooccurrence.sql").read_text()
+    text = (SCRIPT.parent / "straightforward_cooccurrence.sql").read_text()
     for statement in sql_template.render(text, cfg.score_params()):
         con.execute(statement)
     out = Path(args.out_dir) / "straightforward_pairs.parquet"
     con.execute(f"""COPY (SELECT src_note_id, dst_note_id, CAST(score_units AS DOUBLE) / {SCORE_SCALE} AS score,
                           n_users, CAST(pair_rank AS INTEGER) AS rank FROM straightforward_related)
                    TO '{out}' (FORMAT parquet)""")
-    print(json.dumps({"total_s": time.perf_counter() - t0}))
+    return {"total_s": time.perf_counter() - t0}
 
 
 RELATED_CHECK = "SELECT COUNT(*) AS n, SUM(pair_rank) AS s, SUM(score_units % 1000003) AS h FROM cooc_related"
 
 
-def sql_only_child(args) -> None:
+def sql_only_child(args: ChildConfig) -> dict:
     """Runs in its own process: the scoring SQL alone, on one engine, from the
     same in-memory scoring_events (dense keys), ``--reps`` times in one warm
     session/connection; the same two views are materialised on both engines
@@ -169,7 +262,7 @@ def sql_only_child(args) -> None:
     statements = sql_template.load("cooccurrence_score.sql", cfg.score_params())
     source = str(Path(args.out_dir) / "scoring_events.parquet")
     times, check = [], None
-    if args.sql_only_child == "duckdb":
+    if args.engine == "sql-only-duckdb":
         import duckdb
 
         con = duckdb.connect()
@@ -201,7 +294,7 @@ def sql_only_child(args) -> None:
         for df in held:
             release(df)
         spark.stop()
-    print(json.dumps({"times_s": [round(x, 3) for x in times], "check": [int(x or 0) for x in check]}))
+    return {"times_s": [round(x, 3) for x in times], "check": [int(x or 0) for x in check]}
 
 
 def same_pairs(spark_part: Path, duck_file: Path) -> tuple[bool, int, int]:
@@ -215,13 +308,19 @@ def same_pairs(spark_part: Path, duck_file: Path) -> tuple[bool, int, int]:
     return a.equals(b), a.num_rows, b.num_rows
 
 
-def bench(args, n: int) -> dict:
-    data = generate(Path(args.workdir), n, args.seed)
-    out = Path(args.workdir) / f"out-{n}"
+def bench(args: BenchCooccurrenceConfig, n: int) -> dict:
+    data = generate(args.workdir, n, args.seed)
+    out = args.workdir / f"out-{n}"
     events_in = sum(contracts.read_table(p, contracts.EVENTS, columns=["note_id"]).num_rows
                     for p in parquet_files(data / "events"))
     common = ["--max-events-per-user", str(args.max_events_per_user), "--max-gap-hours", str(args.max_gap_hours)]
     result = {"events": events_in, "master": args.master}
+    child = {"out_dir": out, "events_root": data / "events", "notes": data / "notes" / "notes.parquet",
+             "run_date": END_DATE.isoformat(), "threads": args.threads,
+             "max_events_per_user": args.max_events_per_user, "max_gap_hours": args.max_gap_hours,
+             "duckdb_memory_limit": args.duckdb_memory_limit, "reps": args.reps, "master": args.master,
+             "driver_memory": args.driver_memory, "shuffle_partitions": args.shuffle_partitions,
+             "conf": list(args.conf)}
     if not args.skip_spark:
         cmd = [sys.executable, "-m", "jobs.cooccurrence", "--events", str(data / "events"), "--notes",
                str(data / "notes" / "notes.parquet"), "--out", str(out / "pairs"), "--quarantine-out",
@@ -238,36 +337,18 @@ def bench(args, n: int) -> dict:
                            "used": stats["used"], "capped": stats["capped"], "users": stats["users"],
                            "candidate_pairs": stats["candidate_pairs"], "pairs_written": stats["pairs_written"]}
     if not args.skip_duckdb:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--duckdb-child", "--events-root", str(data / "events"),
-               "--notes", str(data / "notes" / "notes.parquet"), "--out-dir", str(out), "--run-date",
-               END_DATE.isoformat(), "--threads", str(args.threads), *common]
-        out.mkdir(parents=True, exist_ok=True)
-        wall, rss, stdout = run_child(cmd)
-        inner = json.loads(stdout.strip().splitlines()[-1])
+        wall, rss, inner = run_engine(ChildConfig(engine="duckdb", **child))
         result["duckdb"] = {"wall_s": round(wall, 1), "sql_s": round(inner["total_s"], 1),
                             "peak_rss_gb": round(rss / 2**30, 2), "events_per_s": round(events_in / wall),
                             "candidate_pairs": inner["candidate_pairs"]}
     if args.straightforward:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--straightforward-child", "--events-root",
-               str(data / "events"), "--notes", str(data / "notes" / "notes.parquet"), "--out-dir", str(out),
-               "--run-date", END_DATE.isoformat(), "--threads", str(args.threads), *common]
-        if args.duckdb_memory_limit:
-            cmd += ["--duckdb-memory-limit", args.duckdb_memory_limit]
-        out.mkdir(parents=True, exist_ok=True)
-        wall, rss, _ = run_child(cmd)
+        wall, rss, _ = run_engine(ChildConfig(engine="straightforward", **child))
         result["duckdb_straightforward"] = {"wall_s": round(wall, 1), "peak_rss_gb": round(rss / 2**30, 2),
                                             "events_per_s": round(events_in / wall)}
     if args.sql_only and (out / "scoring_events.parquet").exists():
         sql_only = {}
         for engine in ("duckdb", "spark"):
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--sql-only-child", engine, "--out-dir", str(out),
-                   "--reps", str(args.reps), *[f"--conf={c}" for c in args.conf], "--threads", str(args.threads),
-                   "--master", args.master,
-                   "--driver-memory", args.driver_memory, *common]
-            if args.shuffle_partitions:
-                cmd += ["--shuffle-partitions", str(args.shuffle_partitions)]
-            _, rss, stdout = run_child(cmd)
-            inner = json.loads(stdout.strip().splitlines()[-1])
+            _, rss, inner = run_engine(ChildConfig(engine=f"sql-only-{engine}", **child))
             sql_only[engine] = {"times_s": inner["times_s"], "warm_s": min(inner["times_s"][1:] or inner["times_s"]),
                                 "peak_rss_gb": round(rss / 2**30, 2), "check": inner["check"]}
         sql_only["same_result"] = sql_only["spark"]["check"] == sql_only["duckdb"]["check"]
@@ -289,51 +370,33 @@ def bench(args, n: int) -> dict:
     return result
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--events", type=int, nargs="+", default=[1_000_000])
-    p.add_argument("--workdir", default=str(REPO / "var" / "bench" / "cooccurrence"))
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--master", default="local[2]")
-    p.add_argument("--driver-memory", default="6g")
-    p.add_argument("--shuffle-partitions", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="DuckDB threads")
-    p.add_argument("--max-events-per-user", type=int, default=200)
-    p.add_argument("--max-gap-hours", type=float, default=24.0)
-    p.add_argument("--skip-spark", action="store_true")
-    p.add_argument("--skip-duckdb", action="store_true")
-    p.add_argument("--sql-only", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time the scoring SQL alone on a warm session/connection of each engine")
-    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra Spark setting for both Spark runs (repeatable), passed as the job's --conf")
-    p.add_argument("--straightforward", action=argparse.BooleanOptionalAction, default=False,
-                   help="also run bench/straightforward_cooccurrence.sql (string ids, generic self-join) in "
-                        "DuckDB: the kind of baseline the issue's target was set against (the issue: 566 s, 20 GB "
-                        "at 10M; here 10.5-12.5 s, 1.8-1.9 GB)")
-    p.add_argument("--duckdb-memory-limit", default="", help="DuckDB memory_limit for the straightforward run")
-    p.add_argument("--reps", type=int, default=3, help="scoring-SQL-only repetitions (the first one is cold)")
-    # internal: the DuckDB side in its own process (clean peak-memory figure)
-    p.add_argument("--duckdb-child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--straightforward-child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--sql-only-child", choices=("spark", "duckdb"), help=argparse.SUPPRESS)
-    p.add_argument("--events-root", help=argparse.SUPPRESS)
-    p.add_argument("--notes", help=argparse.SUPPRESS)
-    p.add_argument("--out-dir", help=argparse.SUPPRESS)
-    p.add_argument("--run-date", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.duckdb_child:
-        duckdb_child(args)
-        return
-    if args.straightforward_child:
-        straightforward_child(args)
-        return
-    if args.sql_only_child:
-        sql_only_child(args)
-        return
-    print(f"# co-occurrence bench {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cpus")
+def run(args: BenchCooccurrenceConfig, timer: cli.Timer) -> dict:
+    log.info("co-occurrence bench %s UTC, %s cpus", f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}",
+             os.cpu_count())
+    rows = []
     for n in args.events:
-        print(json.dumps(bench(args, n), indent=1), flush=True)
+        with timer.phase(f"events_{n}"):
+            row = bench(args, n)
+        log.info("%s", json.dumps(row, indent=1))
+        rows.append(row)
+    return {"rows": rows, "cpus": os.cpu_count()}
+
+
+CHILDREN = {"duckdb": duckdb_child, "straightforward": straightforward_child,
+            "sql-only-duckdb": sql_only_child, "sql-only-spark": sql_only_child}
+
+
+def run_child_side(args: ChildConfig, timer: cli.Timer) -> dict:
+    with timer.phase(args.engine):
+        return {"engine": args.engine, **CHILDREN[args.engine](args)}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["child"]:   # internal: one engine's side in its own process
+        return cli.main(run_child_side, ChildConfig, argv=argv[1:], prog="bench/bench_cooccurrence.py child")
+    return cli.main(run, BenchCooccurrenceConfig, argv=argv, prog="bench/bench_cooccurrence.py")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,13 +12,20 @@ script builds related pairs from the human-made Stack Exchange PostLinks
 note-disjoint 25% as the test pairs. That is a different relevance signal
 from co-occurrence; the numbers show that the training loop learns, not the
 paper's setting.
+
+One JSON result line on stdout (notellm.cli contract): the report, with one row
+per throughput configuration under ``"steps"`` (each also logged to stderr as it
+finishes) and the real run under ``"real_run"``; also written to
+``<work>/report.json``. ``{"skipped": ...}`` when the data is absent.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime as dt
 import json
+import logging
+import os
 import subprocess
 import sys
 import time
@@ -29,13 +36,39 @@ import pyarrow as pa
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))   # run as a file: the repository's packages are not installed
+
+from notellm import cli  # noqa: E402
+from notellm.config import option  # noqa: E402
+
+log = logging.getLogger(__name__)
+
 SHARED = REPO.parent / "shared" / "data"
 SITES = ["beer.stackexchange.com", "cardano.stackexchange.com", "coffee.meta.stackexchange.com",
          "bicycles.meta.stackexchange.com", "dba.meta.stackexchange.com"]
 
 
+@dataclasses.dataclass
+class BenchTrainingConfig:
+    """Training benchmark: NoteLLM step throughput on this CPU and a short real training run."""
+
+    steps: int = option(2, help="timed steps per throughput configuration (after one untimed warm-up step)")
+    batch_pairs: int = option(16, help="pairs per step of the fp32 throughput runs (both templates)")
+    bf16_batch_pairs: int = option(4, help="batch for the bf16-vs-fp32 step ratio and the bf16 loss difference")
+    real_steps: int = option(40, help="steps of the real training run on the PostLinks pairs (0: no real run)")
+    real_batch_pairs: int = option(8, help="pairs per step of the real training run")
+    work: Path = option(Path("/tmp/notellm-bench-training"), help="work directory (reused between runs)")
+    skip_throughput: bool = option(False, help="skip prompt lengths, matmul peaks, loss difference and step timing")
+    threads: int = option(2, help="torch CPU threads")
+
+    def validate(self) -> None:
+        if min(self.steps, self.batch_pairs, self.bf16_batch_pairs, self.real_batch_pairs) < 1:
+            raise ValueError("--steps, --batch-pairs, --bf16-batch-pairs and --real-batch-pairs must be >= 1")
+        if self.real_steps < 0:
+            raise ValueError("--real-steps must be >= 0")
+
+
 def os_cpu_count() -> int:
-    import os
     return os.cpu_count() or 0
 
 
@@ -153,53 +186,45 @@ def build_link_pairs(work: Path):
     return write("pairs_train", train), write("pairs_test", test), pool_dir, out / "notes", len(train), len(test)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--batch-pairs", type=int, default=16)
-    ap.add_argument("--bf16-batch-pairs", type=int, default=4,
-                    help="batch for the bf16-vs-fp32 step ratio and the bf16 loss difference")
-    ap.add_argument("--real-steps", type=int, default=40)
-    ap.add_argument("--real-batch-pairs", type=int, default=8)
-    ap.add_argument("--work", default="/tmp/notellm-bench-training")
-    ap.add_argument("--skip-throughput", action="store_true")
-    args = ap.parse_args()
+def run(args: BenchTrainingConfig, timer: cli.Timer) -> dict:
     if not (SHARED / "stackexchange").exists():
-        print(f"skip: {SHARED / 'stackexchange'} absent")
-        return 0
+        log.warning("skip: %s absent", SHARED / "stackexchange")
+        return {"skipped": f"{SHARED / 'stackexchange'} absent"}
     from notellm.backbone import ensure_default_backbone
     from training.data import load_notes
-    torch.set_num_threads(2)
-    work = Path(args.work)
+    torch.set_num_threads(args.threads)
+    work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    backbone = ensure_default_backbone()
-    train_dir, test_dir, pool_dir, notes_dir, n_train, n_test = build_link_pairs(work)
-    notes = list(load_notes(notes_dir).values())
+    with timer.phase("prepare"):
+        backbone = ensure_default_backbone()
+        train_dir, test_dir, pool_dir, notes_dir, n_train, n_test = build_link_pairs(work)
+        notes = list(load_notes(notes_dir).values())
     rng = np.random.default_rng(0)
     sample = [notes[i] for i in rng.permutation(len(notes))[:64]]
     report = {"machine": f"{os_cpu_count()}-core x86_64 CPU ({cpu_bf16_support()}), no GPU", "torch": torch.__version__}
     if not args.skip_throughput:
-        report["prompt_lengths"] = prompt_lengths(backbone, sample)
-        report["peak_gflops"] = {"fp32": matmul_peak(torch.float32) / 1e9,
-                                 "bf16": matmul_peak(torch.bfloat16, reps=2) / 1e9}
-        report["loss_difference_bf16"] = loss_difference(backbone, sample, args.bf16_batch_pairs)
-        print(json.dumps(report), flush=True)
-        # fp32 at the full batch for both templates; bf16 autocast (emulated, ~9x slower on a CPU
-        # without native bf16) at a small batch next to fp32 at the same batch, so the ratio is
-        # measured within one run without spending the budget on emulated bf16.
-        plan = [("v1-paper", False, args.batch_pairs), ("v2-short", False, args.batch_pairs),
-                ("v1-paper", False, args.bf16_batch_pairs), ("v1-paper", True, args.bf16_batch_pairs)]
-        runs = []
-        for template, bf16, batch_pairs in plan:
-            r = step_timing(backbone, sample, batch_pairs, template, bf16, args.steps)
-            r["batch_pairs"] = batch_pairs
-            peak = report["peak_gflops"]["bf16" if bf16 else "fp32"] * 1e9
-            peak_fp32 = report["peak_gflops"]["fp32"] * 1e9
-            r["mfu"] = 6 * r["params"] * r["tokens_per_s"] / peak
-            r["mfu_vs_fp32_peak"] = 6 * r["params"] * r["tokens_per_s"] / peak_fp32
-            runs.append(r)
-            print(json.dumps(r), flush=True)
-        report["steps"] = runs
+        with timer.phase("throughput"):
+            report["prompt_lengths"] = prompt_lengths(backbone, sample)
+            report["peak_gflops"] = {"fp32": matmul_peak(torch.float32) / 1e9,
+                                     "bf16": matmul_peak(torch.bfloat16, reps=2) / 1e9}
+            report["loss_difference_bf16"] = loss_difference(backbone, sample, args.bf16_batch_pairs)
+            log.info("%s", json.dumps(report))
+            # fp32 at the full batch for both templates; bf16 autocast (emulated, ~9x slower on a CPU
+            # without native bf16) at a small batch next to fp32 at the same batch, so the ratio is
+            # measured within one run without spending the budget on emulated bf16.
+            plan = [("v1-paper", False, args.batch_pairs), ("v2-short", False, args.batch_pairs),
+                    ("v1-paper", False, args.bf16_batch_pairs), ("v1-paper", True, args.bf16_batch_pairs)]
+            runs = []
+            for template, bf16, batch_pairs in plan:
+                r = step_timing(backbone, sample, batch_pairs, template, bf16, args.steps)
+                r["batch_pairs"] = batch_pairs
+                peak = report["peak_gflops"]["bf16" if bf16 else "fp32"] * 1e9
+                peak_fp32 = report["peak_gflops"]["fp32"] * 1e9
+                r["mfu"] = 6 * r["params"] * r["tokens_per_s"] / peak
+                r["mfu_vs_fp32_peak"] = 6 * r["params"] * r["tokens_per_s"] / peak_fp32
+                runs.append(r)
+                log.info("%s", json.dumps(r))
+            report["steps"] = runs
     if args.real_steps:
         cfg = {"backbone": str(backbone), "pairs": str(train_dir), "notes": str(notes_dir),
                "output_dir": str(work / "run"), "batch_pairs": args.real_batch_pairs, "lr": 5e-5,
@@ -207,13 +232,15 @@ def main() -> int:
                "cpu_autocast_bf16": False}  # emulated bf16 is slower than fp32 on AVX2 CPUs
         (work / "real.json").write_text(json.dumps(cfg))
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "training.train", "--config", str(work / "real.json")], cwd=REPO,
-                       check=True)
+        with timer.phase("real_train"):
+            subprocess.run([sys.executable, "-m", "training.train", "--config", str(work / "real.json")],
+                           cwd=REPO, check=True)   # its stdout is our stderr while the command runs
         train_s = time.perf_counter() - t
-        subprocess.run([sys.executable, "-m", "training.evaluate", "--model", str(work / "run" / "model"),
-                        "--pairs", str(test_dir), "--pool", str(pool_dir), "--notes", str(notes_dir),
-                        "--backbone-baseline", "--ks", "1,10,50", "--batch-pairs", "16",
-                        "--out", str(work / "eval.json")], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        with timer.phase("real_evaluate"):
+            subprocess.run([sys.executable, "-m", "training.evaluate", "--model", str(work / "run" / "model"),
+                            "--pairs", str(test_dir), "--pool", str(pool_dir), "--notes", str(notes_dir),
+                            "--backbone-baseline", "--ks", "1,10,50", "--batch-pairs", "16",
+                            "--out", str(work / "eval.json")], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
         ev = json.loads((work / "eval.json").read_text())
         report["real_run"] = {"train_pairs": n_train, "test_pairs": n_test, "steps": args.real_steps,
                               "batch_pairs": args.real_batch_pairs, "train_wall_s": train_s,
@@ -221,9 +248,13 @@ def main() -> int:
                                           for k in ("recall", "in_batch_accuracy", "in_batch_chance")},
                               "untrained": {k: ev["backbone"][k] for k in ("recall", "in_batch_accuracy")},
                               "pool_size": ev["pool_size"]}
-    print(json.dumps(report, indent=2))
     (work / "report.json").write_text(json.dumps(report, indent=2))
-    return 0
+    log.info("report written to %s", work / "report.json")
+    return report
+
+
+def main(argv=None) -> int:
+    return cli.main(run, BenchTrainingConfig, argv=argv, prog="bench/bench_training.py")
 
 
 if __name__ == "__main__":

@@ -25,12 +25,17 @@ of the other pool notes (written as their own PAIRS/POOL partitions under
 ``<work>/eval_sample``). Recall@K on a smaller pool is higher than on the full
 pool (Recall@K with K >= pool size is 1 by construction); the trained-vs-
 untrained comparison uses the same pairs and pool.
+
+One JSON result line on stdout (notellm.cli contract): the report, also written
+to ``<work>/report.json``; the stages' own output goes to stderr.
+``{"skipped": ...}`` when the data is absent.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -41,20 +46,48 @@ import numpy as np
 import pyarrow as pa
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))   # run as a file: the repository's packages are not installed
+
+from notellm import cli  # noqa: E402
+from notellm.config import option  # noqa: E402
+
+log = logging.getLogger(__name__)
+
 SHARED = REPO.parent / "shared" / "data"
 TRAIN_RUN_DATE, TRAIN_WINDOW_DAYS = "2015-12-31", 2283
 TEST_RUN_DATE, TEST_WINDOW_DAYS = "2024-03-21", 3003
 
 
-def run_stage(name: str, cmd: list[str], done: Path, report: dict) -> None:
+@dataclasses.dataclass
+class BenchTrainingRealConfig:
+    """Real-data NoteLLM run: Stack Exchange events -> mined pairs -> time split -> training -> Recall@K."""
+
+    work: Path = option(Path("/tmp/notellm-train-real"), help="work directory; finished stages in it are reused")
+    steps: int = option(30, help="training steps")
+    batch_pairs: int = option(8, help="pairs per training step")
+    lr: float = option(1e-4, help="peak learning rate")
+    warmup: int = option(3, help="learning-rate warm-up steps")
+    template: str = option("v2-short", choices=["v1-paper", "v2-short"], help="prompt template version")
+    eval_pairs: int = option(200, help="random test pairs to evaluate (0 = all)")
+    pool_sample: int = option(600, help="pool size with --eval-pairs")
+    ks: list[int] = option(default_factory=lambda: [10, 50, 100, 1000], help="the K of Recall@K")
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_pairs < 1 or self.eval_pairs < 0 or self.pool_sample < 0:
+            raise ValueError("--steps and --batch-pairs must be >= 1, --eval-pairs and --pool-sample >= 0")
+
+
+def run_stage(name: str, cmd: list[str], done: Path, report: dict, timer: cli.Timer) -> None:
     """Run one CLI stage unless ``done`` exists; record the command and wall time."""
     entry = {"command": " ".join(cmd)}
     if done.exists():
         entry["reused"] = True
+        log.info("[%s] reused: %s exists", name, done)
     else:
         t = time.perf_counter()
-        print(f"[{name}] {entry['command']}", flush=True)
-        subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.info("[%s] %s", name, entry["command"])
+        with timer.phase(name):   # the stage's own stdout (its result line) is our stderr while we run
+            subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         entry["wall_s"] = round(time.perf_counter() - t, 1)
     report["stages"][name] = entry
 
@@ -82,37 +115,26 @@ def sample_eval_set(split_dir: Path, out: Path, n_pairs: int, pool_size: int, se
             "pairs_dir": str(pairs_part), "pool_dir": str(pool_part)}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", default="/tmp/notellm-train-real")
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--batch-pairs", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--template", default="v2-short", choices=["v1-paper", "v2-short"])
-    ap.add_argument("--eval-pairs", type=int, default=200, help="random test pairs to evaluate (0 = all)")
-    ap.add_argument("--pool-sample", type=int, default=600, help="pool size with --eval-pairs")
-    ap.add_argument("--ks", default="10,50,100,1000")
-    args = ap.parse_args()
+def run(args: BenchTrainingRealConfig, timer: cli.Timer) -> dict:
     data = SHARED / "stackexchange"
     if not data.exists():
-        print(f"skip: {data} absent")
-        return 0
-    py, w = sys.executable, Path(args.work)
+        log.warning("skip: %s absent", data)
+        return {"skipped": f"{data} absent"}
+    py, w = sys.executable, args.work
     w.mkdir(parents=True, exist_ok=True)
     se, notes = w / "se", w / "se" / "notes" / "notes.parquet"
     report: dict = {"machine": "2-core x86_64 CPU (AVX2, no native bf16), 24 GiB, no GPU", "stages": {}}
     run_stage("adapter", [py, "-m", "jobs.sources.stackexchange", "--data", str(data), "--sites", "all",
-                          "--out", str(se)], se / "_SUCCESS", report)
+                          "--out", str(se)], se / "_SUCCESS", report, timer)
     for name, day, days in (("mine_train", TRAIN_RUN_DATE, TRAIN_WINDOW_DAYS),
                             ("mine_test", TEST_RUN_DATE, TEST_WINDOW_DAYS)):
         run_stage(name, [py, "-m", "jobs.cooccurrence", "--events", str(se / "events"), "--notes", str(notes),
                          "--out", str(w / "pairs"), "--quarantine-out", str(w / "q"), "--run-date", day,
                          "--window-days", str(days), "--engagement", "--allow-missing-days", "--max-gap-hours", "0"],
-                  w / "pairs" / f"dt={day}" / "_SUCCESS", report)
+                  w / "pairs" / f"dt={day}" / "_SUCCESS", report, timer)
     run_stage("split", [py, "-m", "jobs.split", "--pairs", str(w / "pairs"), "--train-date", TRAIN_RUN_DATE,
                         "--test-date", TEST_RUN_DATE, "--notes", str(notes), "--events", str(se / "events"),
-                        "--out", str(w / "split"), "--allow-missing-days"], w / "split" / "_SUCCESS", report)
+                        "--out", str(w / "split"), "--allow-missing-days"], w / "split" / "_SUCCESS", report, timer)
     test_pairs, pool = w / "split" / "test_pairs", w / "split" / "pool"
     if args.eval_pairs:
         report["eval_sample"] = sample_eval_set(w / "split", w / "eval_sample", args.eval_pairs, args.pool_sample)
@@ -124,12 +146,12 @@ def main() -> int:
                         "--set", f"batch_pairs={args.batch_pairs}", "--set", f"lr={args.lr}",
                         "--set", f"warmup_steps={args.warmup}",
                         "--set", f"template_version={args.template}", "--set", "save_every=20",
-                        "--set", "log_every=5"], run_dir / "metrics.json", report)
+                        "--set", "log_every=5"], run_dir / "metrics.json", report, timer)
     eval_json = run_dir / "eval.json"
     cmd = [py, "-m", "training.evaluate", "--model", str(run_dir / "model"),
            "--pairs", str(test_pairs), "--pool", str(pool), "--notes", str(notes),
-           "--backbone-baseline", "--ks", args.ks, "--out", str(eval_json)]
-    run_stage("evaluate", cmd, eval_json, report)
+           "--backbone-baseline", "--ks", ",".join(map(str, args.ks)), "--out", str(eval_json)]
+    run_stage("evaluate", cmd, eval_json, report, timer)
 
     for key, path in (("se", se / "_stats.json"), ("pairs_train", w / "pairs" / f"dt={TRAIN_RUN_DATE}" / "_stats.json"),
                       ("pairs_test", w / "pairs" / f"dt={TEST_RUN_DATE}" / "_stats.json"),
@@ -140,8 +162,12 @@ def main() -> int:
             stats = {k: v for k, v in stats.items() if k != "sites"}
         report[key] = stats
     (w / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    print(json.dumps(report, indent=2, default=str))
-    return 0
+    log.info("report written to %s", w / "report.json")
+    return report
+
+
+def main(argv=None) -> int:
+    return cli.main(run, BenchTrainingRealConfig, argv=argv, prog="bench/bench_training_real.py")
 
 
 if __name__ == "__main__":

@@ -12,11 +12,15 @@ temporary folder as `name @ file:///tmp/...` (docs/bugs-and-fixes.md, 2026-12-01
 Left out: this project itself, and torch with the packages only a torch build brings
 (nvidia-*, triton): torch is pinned by TORCH_SPEC in the Makefile so a GPU host can pick
 its CUDA build.
+
+Standard library only (with the repository on sys.path for notellm.config and
+notellm.cli, which are too): it runs from a fresh checkout before any install.
+One JSON result line on stdout (notellm.cli contract); pip's output goes to stderr.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -26,6 +30,11 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))   # `python scripts/lock_constraints.py` puts scripts/, not the repo, on sys.path
+
+from notellm import cli  # noqa: E402  (standard library only)
+from notellm.config import option  # noqa: E402
+
 PROJECT = "notellm-pipeline"
 TORCH_BUILD = re.compile(r"^(torch|triton|nvidia-.*)$")
 
@@ -35,7 +44,7 @@ def read_make_variable(name: str) -> str:
         m = re.match(rf"^{name}\s*[:?]?=\s*(.*)$", line)
         if m:
             return m.group(1).strip()
-    raise SystemExit(f"Makefile: variable {name} not found")
+    raise cli.BadInput(f"{REPO / 'Makefile'}: variable {name} not found")
 
 
 def normalise(name: str) -> str:
@@ -70,12 +79,17 @@ def resolve(keep: bool) -> list[tuple[str, str]]:
     return sorted(pins.items())
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--keep", action="store_true", help="resolve under the current constraints.txt")
-    p.add_argument("--out", type=Path, default=REPO / "constraints.txt")
-    args = p.parse_args(argv)
-    pins = resolve(args.keep)
+@dataclasses.dataclass
+class LockConfig:
+    """Regenerate constraints.txt from a resolver run against the package indexes."""
+
+    keep: bool = option(False, help="resolve under the current constraints.txt (a check)")
+    out: Path = option(REPO / "constraints.txt", help="constraints file to write")
+
+
+def run(args: LockConfig, timer: cli.Timer) -> dict:
+    with timer.phase("resolve"):
+        pins = resolve(args.keep)
     header = [
         f"# Resolved {dt.date.today().isoformat()} for Python {sys.version_info.major}.{sys.version_info.minor} "
         "by scripts/lock_constraints.py (pip's resolver against the indexes,",
@@ -83,8 +97,11 @@ def main(argv=None) -> int:
         "# torch is pinned separately (TORCH_SPEC in the Makefile) so GPU hosts can choose their build.",
     ]
     args.out.write_text("\n".join(header + [f"{n}=={v}" for n, v in pins]) + "\n")
-    print(json.dumps({"out": str(args.out), "pins": len(pins)}))
-    return 0
+    return {"out": str(args.out), "pins": len(pins)}
+
+
+def main(argv=None) -> int:
+    return cli.main(run, LockConfig, argv=argv, prog="scripts/lock_constraints.py")
 
 
 if __name__ == "__main__":
