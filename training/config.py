@@ -19,6 +19,9 @@ from notellm.precision import PRECISIONS
 from notellm.prompts import DEFAULT_CONTENT_TOKENS, DEFAULT_TEMPLATE_VERSION, DEFAULT_TITLE_TOKENS, TEMPLATE_VERSIONS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# The paper's GCL / CSFT defaults (Sec. 4), also the defaults of training/loss.py and training/model.py.
+DEFAULT_TAU_INIT = 3.0
+DEFAULT_ALPHA = 0.01
 
 
 @dataclasses.dataclass
@@ -37,8 +40,8 @@ class TrainConfig:
                                    choices=TEMPLATE_VERSIONS)
     max_title_tokens: int = option(DEFAULT_TITLE_TOKENS, help="title budget in tokens inside the prompt")
     max_content_tokens: int = option(DEFAULT_CONTENT_TOKENS, help="content budget in tokens inside the prompt")
-    tau_init: float = option(3.0, help="initial temperature of the contrastive loss (learned)")
-    alpha: float = option(0.01, help="weight of the generation loss: L = (L_cl + alpha * L_gen) / (1 + alpha)")
+    tau_init: float = option(DEFAULT_TAU_INIT, help="initial temperature of the contrastive loss (learned)")
+    alpha: float = option(DEFAULT_ALPHA, help="weight of the generation loss: L = (L_cl + alpha * L_gen) / (1 + alpha)")
     r: float = option(0.4, help="share of training examples that use the category task (the rest: hashtags)")
     train_top_layers: int = option(0, help="0 = every weight (the paper); N = only the top N blocks, final norm "
                                            "and projection")

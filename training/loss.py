@@ -31,8 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-DEFAULT_TAU_INIT = 3.0
-DEFAULT_ALPHA = 0.01
+from training.config import DEFAULT_ALPHA
 
 
 def pair_partner(n_pairs: int, device=None) -> torch.Tensor:

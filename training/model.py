@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from notellm.encoder import NoteEncoder
-from training.loss import DEFAULT_ALPHA, DEFAULT_TAU_INIT, combined_loss, global_gcl_loss
+from training.config import DEFAULT_ALPHA, DEFAULT_TAU_INIT
+from training.loss import combined_loss, global_gcl_loss
 
 
 def world_size() -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from notellm import precision
+from notellm import cli, precision
 from notellm.backbone import resolve_backbone
 from notellm.files import atomic_path, atomic_write_json
 from notellm.metrics import in_batch_accuracy
@@ -32,10 +32,6 @@ from training.model import NoteLLMTrainModel, parameter_groups, train_only_top_l
 from training.sampler import UniqueNoteBatchSampler
 
 log = logging.getLogger(__name__)
-
-# Test hook: exit abruptly (like SIGKILL, no cleanup) right after this step.
-KILL_AFTER_ENV = "NOTELLM_TRAIN_KILL_AFTER_STEP"
-
 
 def total_steps(cfg: TrainConfig, sampler: UniqueNoteBatchSampler) -> int:
     if cfg.max_steps is not None:
@@ -80,6 +76,7 @@ class Trainer:
         self.out_dir = Path(cfg.output_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.start_step = 0
+        self.last_saved: int | None = None
         self.notes_done = self.tokens_done = 0
         self.wall_s = 0.0
 
@@ -149,7 +146,7 @@ class Trainer:
             path, client = self.engine.load_checkpoint(str(self.ckpt_dir), load_module_strict=not cfg.train_top_layers)
             if path is None:
                 raise RuntimeError(f"{self.ckpt_dir}: 'latest' exists but the checkpoint could not be loaded")
-            self.start_step = int(client["step"])
+            self.start_step = self.last_saved = int(client["step"])
             expected = list(self.sampler.position(self.start_step))
             if client.get("sampler", {}).get("next_position") != expected:
                 raise RuntimeError(f"{self.ckpt_dir}: sampler position {client.get('sampler')} does not match the "
@@ -169,7 +166,6 @@ class Trainer:
         if self.rank == 0 and interactive:
             from tqdm import tqdm
             bar = tqdm(total=self.steps, initial=self.start_step, unit="step", dynamic_ncols=True)
-        kill_after = int(os.environ.get(KILL_AFTER_ENV, "-1"))
         self.engine.train()
         t_start = time.perf_counter()
         for step in range(self.start_step, self.steps):
@@ -179,9 +175,6 @@ class Trainer:
             done = step + 1
             if done % cfg.save_every == 0 or done == self.steps:
                 self.save_checkpoint(done)
-            if done == kill_after:
-                sys.stdout.flush(), sys.stderr.flush()
-                os._exit(137)
         if bar is not None:
             bar.close()
         self.wall_s = time.perf_counter() - t_start
@@ -196,12 +189,20 @@ class Trainer:
         with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=self.cpu_autocast):
             out = self.engine(**batch)
         lr_now = self.engine.get_lr()[0]  # the rate this step uses
+        # [tokens, non-finite losses] summed over ranks: every rank stops together, before the
+        # update, so no non-finite weights reach a checkpoint.
+        counts = torch.tensor([float(batch["attention_mask"].sum().item()),
+                               0.0 if math.isfinite(out.total.item()) else 1.0])
+        if self.world > 1:
+            self.dist.all_reduce(counts)
+        if counts[1].item() > 0:
+            raise cli.Diverged(f"non-finite loss at step {step + 1} (l_cl={out.l_cl.item()}, "
+                               f"l_gen={out.l_gen.item()}, tau={out.tau.item()}); the last checkpoint is kept",
+                               {"step": step + 1, "last_checkpoint_step": self.last_saved})
         self.engine.backward(out.loss)
         self.engine.step()
         took = time.perf_counter() - t0
-        n_tokens = torch.tensor(float(batch["attention_mask"].sum().item()))
-        if self.world > 1:
-            self.dist.all_reduce(n_tokens)
+        n_tokens = counts[0]
         self.notes_done += 2 * cfg.batch_pairs
         self.tokens_done += int(n_tokens.item())
         row = {"step": step + 1, "l_cl": out.l_cl.item(), "l_gen": out.l_gen.item(), "loss": out.total.item(),
@@ -231,6 +232,7 @@ class Trainer:
         # Frozen weights are the backbone's own: a resume rebuilds them, so only what trains is saved.
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=f"step{done}", client_state=client,
                                     exclude_frozen_parameters=bool(cfg.train_top_layers))
+        self.last_saved = done
         if self.rank == 0:
             prune_checkpoints(self.ckpt_dir, cfg.keep_checkpoints)
 

@@ -4,6 +4,7 @@ overfitting, and the evaluate / register / generate commands."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from notellm.cli import EXIT_GATE_FAILED
 from notellm.encoder import NoteEncoder
+from tests.support.kill import checkpoint_written, run_until_killed
 from tests.support.models import tiny_llama
 from tests.support.pairs import write_dataset
 from tests.support.paths import REPO
@@ -83,10 +85,10 @@ def test_saved_model_reloads_with_equal_embeddings(full_run, setup):
 def test_resume_after_kill_matches_uninterrupted(full_run, setup):
     root, base = setup
     cfg_path = write_cfg(root, base, "killed")
-    proc = subprocess.run([sys.executable, "-m", "training.train", "--config", str(cfg_path)], cwd=REPO,
-                          env={**env(), "NOTELLM_TRAIN_KILL_AFTER_STEP": "2"}, capture_output=True, text=True)
-    assert proc.returncode == 137, proc.stderr[-2000:]
-    assert not (root / "killed" / "model").exists() and len(log_rows(root / "killed")) == 2
+    code, _ = run_until_killed([sys.executable, "-m", "training.train", "--config", str(cfg_path)],
+                               checkpoint_written(root / "killed"), root / "killed-logs", cwd=REPO, env=env())
+    assert code == -signal.SIGKILL
+    assert not (root / "killed" / "model").exists() and 2 <= len(log_rows(root / "killed")) < STEPS
     proc = subprocess.run([sys.executable, "-m", "training.train", "--config", str(cfg_path)], cwd=REPO, env=env(),
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -187,13 +189,13 @@ def test_top_layers_run_resumes_after_kill_from_its_trainable_weights(setup):
     from safetensors.torch import load_file
     root, base = setup
     runs = {}
-    for name, kill in (("top-full", None), ("top-killed", "2")):
+    for name, kill in (("top-full", False), ("top-killed", True)):
         cfg_path = write_cfg(root, base, name, train_top_layers=1)
         cmd = [sys.executable, "-m", "training.train", "--config", str(cfg_path)]
         if kill:
-            proc = subprocess.run(cmd, cwd=REPO, env={**env(), "NOTELLM_TRAIN_KILL_AFTER_STEP": kill},
-                                  capture_output=True, text=True)
-            assert proc.returncode == 137, proc.stderr[-2000:]
+            code, _ = run_until_killed(cmd, checkpoint_written(root / name), root / f"{name}-logs", cwd=REPO,
+                                       env=env())
+            assert code == -signal.SIGKILL and not (root / name / "model").exists()
         proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert ("resumed from" in proc.stderr) == bool(kill)
@@ -210,3 +212,19 @@ def test_top_layers_run_resumes_after_kill_from_its_trainable_weights(setup):
     backbone = {k: v for f in Path(base["backbone"]).glob("*.safetensors") for k, v in load_file(str(f)).items()}
     frozen = "model.layers.0.self_attn.q_proj.weight"
     np.testing.assert_array_equal(full[frozen].numpy(), backbone[frozen].numpy())
+
+
+def test_non_finite_loss_stops_every_rank_with_the_diverged_exit(setup):
+    """exp(tau) overflows with tau = 1e4: the first step's loss is not finite. The run
+    stops before the update with exit 4 (no retry in the DAGs), saves nothing, and the
+    result line says so."""
+    root, base = setup
+    cfg_path = write_cfg(root, base, "diverged", tau_init=1e4)
+    proc = subprocess.run([sys.executable, "-m", "training.train", "--config", str(cfg_path)], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    [line] = proc.stdout.splitlines()
+    result = json.loads(line)
+    assert result["status"] == "diverged" and result["step"] == 1 and result["last_checkpoint_step"] is None
+    assert "non-finite loss at step 1" in result["error"]
+    assert not (root / "diverged" / "model").exists() and not (root / "diverged" / "checkpoints" / "latest").exists()
