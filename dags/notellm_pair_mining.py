@@ -34,8 +34,21 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jobs.config import CooccurrenceConfig
 from notellm.config import defaults, help_of
+from notellm.layout import Layout
 
 JOB = defaults(CooccurrenceConfig)
+# The job's flags, rendered at run time: the layout under the root Variable, the run date, the Params.
+SCORE_PARAMS = ("window_days", "upper", "lower", "top", "max_events_per_user", "max_gap_hours", "view_types",
+                "click_types")
+
+
+def cooccurrence_args(layout: Layout) -> list[str]:
+    """``jobs/cooccurrence.py``'s command line for the logical date under ``layout``."""
+    args = ["--events", layout.events, "--notes", layout.notes, "--out", layout.pairs,
+            "--quarantine-out", layout.pairs_quarantine, "--run-date", "{{ ds }}"]
+    for name in SCORE_PARAMS:
+        args += ["--" + name.replace("_", "-"), "{{ params.%s }}" % name]
+    return args
 
 
 def _param(name: str, **schema) -> Param:
@@ -91,21 +104,7 @@ def notellm_pair_mining():
         conn_id="spark_default",
         application=str(REPO / "jobs" / "cooccurrence.py"),
         name="notellm-cooccurrence-{{ ds_nodash }}",
-        application_args=[
-            "--events", ROOT_TEMPLATE + "/events",
-            "--notes", ROOT_TEMPLATE + "/notes/notes.parquet",
-            "--out", ROOT_TEMPLATE + "/pairs",
-            "--quarantine-out", ROOT_TEMPLATE + "/quarantine/pairs",
-            "--run-date", "{{ ds }}",
-            "--window-days", "{{ params.window_days }}",
-            "--upper", "{{ params.upper }}",
-            "--lower", "{{ params.lower }}",
-            "--top", "{{ params.top }}",
-            "--max-events-per-user", "{{ params.max_events_per_user }}",
-            "--max-gap-hours", "{{ params.max_gap_hours }}",
-            "--view-types", "{{ params.view_types }}",
-            "--click-types", "{{ params.click_types }}",
-        ],
+        application_args=cooccurrence_args(Layout(ROOT_TEMPLATE)),
         conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "8", **spark_driver_conf()},
         # The driver runs the job with the interpreter that has the `spark` extra.
         env_vars={"PYSPARK_PYTHON": python(), "PYSPARK_DRIVER_PYTHON": python()},

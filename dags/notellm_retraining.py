@@ -43,6 +43,34 @@ REGISTER = defaults(RegisterConfig)
 # The DAG bounds every run: TrainConfig trains one epoch unless max_steps is set.
 DEFAULT_MAX_STEPS = 200
 CPU_AUTOCAST = {"off": False, "auto": "auto", "on": True}  # Param value -> TrainConfig.cpu_autocast_bf16
+# Params that decide what a training run computes: the run folder is named by their digest.
+RUN_KEYS = ("base_model", "template_version", "test_days", "max_steps", "batch_pairs", "learning_rate", "num_gpus",
+            "deepspeed_config", "train_top_layers", "cpu_autocast_bf16")
+
+
+def run_dir_of(models: Path, ds: str, params: dict) -> Path:
+    """Same date + same Params -> same directory, so a retried task resumes from its checkpoints."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps({k: params[k] for k in RUN_KEYS}, sort_keys=True).encode()).hexdigest()[:8]
+    return models / "runs" / f"{ds}-{digest}"
+
+
+def train_command(python: str, params: dict, train_pairs: str, notes: Path, run_dir: Path) -> list[str]:
+    """``training.train`` under the launcher the Params ask for (deepspeed on GPUs, one CPU process otherwise)."""
+    overrides = [
+        f"backbone={params['base_model']}", f"pairs={train_pairs}", f"notes={notes}",
+        f"output_dir={run_dir}", f"max_steps={params['max_steps']}", f"batch_pairs={params['batch_pairs']}",
+        f"lr={params['learning_rate']}", f"template_version={params['template_version']}",
+        f"deepspeed_config={params['deepspeed_config']}", f"train_top_layers={params['train_top_layers']}",
+        "cpu_autocast_bf16=" + str(CPU_AUTOCAST[params["cpu_autocast_bf16"]]).lower(),
+        f"save_every={max(1, params['max_steps'] // 4)}", "log_every=5",
+    ]
+    sets = [a for o in overrides for a in ("--set", o)]
+    if params["num_gpus"] > 0:
+        return ["deepspeed", "--num_gpus", str(params["num_gpus"]), "--module", "training.train"] + sets
+    return [python, "-m", "training.train"] + sets
 
 
 @dag(
@@ -96,31 +124,12 @@ def notellm_retraining():
 
     @task(execution_timeout=pendulum.duration(hours=8))
     def train(split: dict, ds=None, params=None) -> dict:
-        import hashlib
-        import json
-
         from notellm_common import paths, python, run_stage
 
         p = paths()
-        keys = ["base_model", "template_version", "test_days", "max_steps", "batch_pairs",
-                "learning_rate", "num_gpus", "deepspeed_config", "train_top_layers", "cpu_autocast_bf16"]
-        digest = hashlib.sha256(json.dumps({k: params[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:8]
-        # Same date + same Params -> same directory: a retry resumes from its checkpoints.
-        run_dir = p["models"] / "runs" / f"{ds}-{digest}"
-        overrides = [
-            f"backbone={params['base_model']}", f"pairs={split['train_pairs']}", f"notes={p['notes']}",
-            f"output_dir={run_dir}", f"max_steps={params['max_steps']}", f"batch_pairs={params['batch_pairs']}",
-            f"lr={params['learning_rate']}", f"template_version={params['template_version']}",
-            f"deepspeed_config={params['deepspeed_config']}", f"train_top_layers={params['train_top_layers']}",
-            "cpu_autocast_bf16=" + str(CPU_AUTOCAST[params["cpu_autocast_bf16"]]).lower(),
-            f"save_every={max(1, params['max_steps'] // 4)}", "log_every=5",
-        ]
-        sets = [a for o in overrides for a in ("--set", o)]
-        if params["num_gpus"] > 0:
-            cmd = ["deepspeed", "--num_gpus", str(params["num_gpus"]), "--module", "training.train"] + sets
-        else:
-            cmd = [python(), "-m", "training.train"] + sets
-        run_stage(cmd, timeout=params["timeout_minutes"] * 60)
+        run_dir = run_dir_of(p["models"], ds, params)
+        run_stage(train_command(python(), params, split["train_pairs"], p["notes"], run_dir),
+                  timeout=params["timeout_minutes"] * 60)
         return {"run_dir": str(run_dir), "model_dir": str(run_dir / "model")}
 
     @task

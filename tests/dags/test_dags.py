@@ -115,3 +115,32 @@ def test_spark_submit_passes_the_driver_cds_archive(parsed):
     conf = parsed["dags"]["notellm_pair_mining"]["tasks"]["mine_pairs"]["conf"]
     assert conf["spark.driver.extraJavaOptions"] == "-XX:SharedArchiveFile=/opt/notellm/driver.jsa -Xshare:auto"
     assert conf["spark.ui.enabled"] == "false"
+
+
+def test_pair_mining_passes_only_settings_the_job_has():
+    """The DAG's spark-submit arguments parse with the job's own generated parser
+    (rendered with the Params' defaults), so a renamed setting fails here, not at 2 am."""
+    import argparse
+
+    sys.path.insert(0, str(DAGS))
+    try:
+        import notellm_pair_mining as dag_file
+    finally:
+        sys.path.remove(str(DAGS))
+    from jobs.config import CooccurrenceConfig
+    from notellm import config
+    from notellm.layout import Layout
+
+    rendered = []
+    for arg in dag_file.cooccurrence_args(Layout("/data/notellm")):
+        if arg == "{{ ds }}":
+            arg = "2026-11-24"
+        elif arg.startswith("{{ params."):
+            value = dag_file.JOB[arg[len("{{ params."):-len(" }}")]]
+            arg = ",".join(value) if isinstance(value, (list, tuple)) else str(value)
+        rendered.append(arg)
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, CooccurrenceConfig)
+    cfg = config.from_namespace(CooccurrenceConfig, parser.parse_args(rendered))
+    assert str(cfg.events) == "/data/notellm/events" and str(cfg.out) == "/data/notellm/pairs"
+    assert all(getattr(cfg, name) == value for name, value in dag_file.JOB.items() if name in dag_file.SCORE_PARAMS)
