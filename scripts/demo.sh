@@ -74,5 +74,7 @@ run_dag notellm_retraining "$TEST_DATE" \
 run_dag notellm_nightly_index "$TEST_DATE"
 
 step "6/6 results"
-"$PY" scripts/demo_report.py --root "$NOTELLM_ROOT" --test-date "$TEST_DATE"
+# The report is for people (stderr); its summary is the one JSON line on stdout. Both go to the
+# demo's stdout, so `make demo > demo.log` keeps the report.
+"$PY" scripts/demo_report.py --root "$NOTELLM_ROOT" --test-date "$TEST_DATE" 2>&1
 step "done in $(( $(date +%s) - start )) s; outputs under $DEMO_DIR"
