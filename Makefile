@@ -14,7 +14,7 @@ export PYTHONHASHSEED := 0
 # `make install` builds it once into the venv instead of into each user's ~/.cache.
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
-.PHONY: install demo test test-fast lint backbone airflow report spark-cds clean
+.PHONY: install demo test test-fast lint backbone airflow report spark-cds serve clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ test-fast: install
 
 airflow: install
 	bash scripts/airflow_up.sh
+
+# The reference retrieval service on the demo's live snapshot (after `make demo`), 127.0.0.1:8000;
+# SERVE_ARGS e.g. "--port 8080 --poll-s 1". Ctrl+C stops it (one JSON result line).
+SERVE_ROOT ?= var/demo/pipeline/index
+serve: install
+	$(PY) -m serving --snapshot-root $(SERVE_ROOT) --host 127.0.0.1 --port 8000 $(SERVE_ARGS)
 
 # Quality report on real data (../shared/data): about an hour on a 2-core CPU.
 # REPORT_ARGS e.g. "--steps 120 --pool-size 1200"; every stage is cached in var/quality.
