@@ -54,10 +54,12 @@ from indexing.snapshot import (
     IDS_FILE,
     INDEX_FILE,
     MANIFEST,
+    MMAP_TYPES,
     Snapshot,
     SnapshotError,
     check_name,
     current_name,
+    read_index_file,
     read_manifest,
     snapshots_dir,
 )
@@ -168,6 +170,9 @@ def _manifest(name: str, built: BuiltIndex, model: dict, metrics: dict, data_win
         "num_vectors": int(built.index.ntotal),
         "dim": int(built.index.d),
         "index": built.description,
+        # Consumers map the index file instead of reading it (Snapshot.open(mmap="auto")); the
+        # validation step below reads it the same way, so a snapshot never promises a mapping that fails.
+        "mmap": built.index_type in MMAP_TYPES,
         "model": dict(model),
         "data_window": dict(data_window or {"start": None, "end": None}),
         "metrics": dict(metrics),
@@ -193,7 +198,7 @@ def _validate_dir(snap_dir: Path, manifest: dict) -> None:
     """Reopen the written files as a reader would before anything points at them."""
     from indexing.snapshot import verify_files
     verify_files(snap_dir, read_manifest(snap_dir))
-    index = faiss.read_index(str(snap_dir / INDEX_FILE))
+    index = read_index_file(snap_dir / INDEX_FILE, mmap=manifest.get("mmap", False))
     rows = pq.read_metadata(snap_dir / IDS_FILE).num_rows
     if index.ntotal != rows or index.ntotal != manifest["num_vectors"]:
         raise SnapshotError(f"{snap_dir}: written index has {index.ntotal} vectors, ids {rows}, "

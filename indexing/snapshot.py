@@ -5,28 +5,43 @@
     from indexing.snapshot import Snapshot
     snap = Snapshot.open("/data/index")            # follows <root>/snapshots/CURRENT, verifies checksums
     snap.neighbors("note-42", k=10)                # [(note_id, score), ...] without note-42 itself
+    snap.neighbors_batch(["note-42", "n-7"], 10)   # one FAISS search for the whole batch
     ids, scores = snap.search(query_vectors, k=10) # note ids (None where fewer than k) and cosine scores
-    snap.vector("note-42"); snap.info()            # stored vector; the manifest
+    snap.lookup(["note-42", "nope"])               # int64 faiss ids, -1 where absent
+    snap.vector("note-42"); snap.info(); snap.close()
 
 A reader only follows ``CURRENT`` (or a name it is given), checks the manifest
 against the contract, verifies the size and sha256 of every file the manifest
-lists, then loads the index with ``faiss.read_index`` and the ids with the IDS
-contract. Nothing is unpickled. Any mismatch raises :class:`SnapshotError`
-naming the file.
+lists (one streaming pass per file, constant memory), then loads the index
+with ``faiss.read_index`` and the ids with the IDS contract. Nothing is
+unpickled. Any mismatch raises :class:`SnapshotError` naming the file.
+
+Memory at scale: the index is memory-mapped where FAISS can map it
+(``mmap="auto"`` follows the manifest's ``"mmap"`` field), so opening does not
+read the vectors; the note ids stay one Arrow string array plus a sorted
+fixed-width copy and a permutation for ``np.searchsorted`` (no per-id Python
+objects). See indexing/README.md for what stays in RAM per index type.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
+from typing import Sequence
 
 import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from indexing.build import apply_search_params, normalize
 from notellm.contracts import IDS, ContractError, read_table, validate_manifest
-from notellm.files import sha256_file
+
+log = logging.getLogger(__name__)
 
 SNAPSHOTS = "snapshots"
 CURRENT = "CURRENT"
@@ -34,9 +49,28 @@ MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 
+# Index types whose files FAISS 1.15 reads memory-mapped (tests/indexing/test_snapshot.py checks each
+# in /proc/self/maps). IO_FLAG_MMAP_IFC, not IO_FLAG_MMAP: the latter only maps IVF inverted lists and
+# silently reads flat and HNSW storage into RAM; MMAP_IFC maps flat codes, HNSW storage and IVF lists.
+MMAP_TYPES = ("flat", "ivf", "hnsw")
+MMAP_FLAGS = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+VERIFY_CHUNK = 8 << 20
+
 
 class SnapshotError(RuntimeError):
     """A snapshot cannot be used; the message names the file and the problem."""
+
+
+class UnknownNotes(KeyError):
+    """Note ids not in the snapshot: ``.missing`` (also ``args[1]``) lists them all; the
+    message (``str``) lists the first 20, so a service can return it as a 404 body."""
+
+    def __init__(self, message: str, missing: list):
+        super().__init__(message, missing)
+        self.missing = missing
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 def snapshots_dir(root: str | os.PathLike) -> Path:
@@ -70,8 +104,25 @@ def read_manifest(snap_dir: Path) -> dict:
         raise SnapshotError(str(exc)) from exc
 
 
+def stream_sha256(path: Path, chunk: int = VERIFY_CHUNK) -> tuple[str, int]:
+    """(sha256, bytes read) in one pass through a reused buffer: constant memory whatever the
+    file size, and hashlib drops the GIL per chunk, so request threads keep running while a
+    watcher verifies a 10^7-vector index in the background."""
+    digest, total = hashlib.sha256(), 0
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            digest.update(view[:n])
+            total += n
+    return digest.hexdigest(), total
+
+
 def verify_files(snap_dir: Path, manifest: dict, checksums: bool = True) -> None:
-    """Sizes always; sha256 too when ``checksums`` (reads every byte)."""
+    """Sizes always; sha256 too when ``checksums`` (reads every byte once)."""
+    for required in (INDEX_FILE, IDS_FILE):
+        if required not in manifest["files"]:
+            raise SnapshotError(f"{snap_dir / MANIFEST}: files lists no {required}")
     for name, meta in manifest["files"].items():
         path = snap_dir / name
         if not path.is_file():
@@ -80,28 +131,127 @@ def verify_files(snap_dir: Path, manifest: dict, checksums: bool = True) -> None
         if size != meta["bytes"]:
             raise SnapshotError(f"{path}: size {size} bytes, manifest says {meta['bytes']} (truncated or replaced)")
         if checksums:
-            digest = sha256_file(path)
+            digest, read = stream_sha256(path)
+            if read != meta["bytes"]:
+                raise SnapshotError(f"{path}: read {read} bytes, manifest says {meta['bytes']} (changed while "
+                                    "being verified)")
             if digest != meta["sha256"]:
                 raise SnapshotError(f"{path}: sha256 {digest} does not match the manifest's {meta['sha256']} "
                                     "(corrupted)")
-    for required in (INDEX_FILE, IDS_FILE):
-        if required not in manifest["files"]:
-            raise SnapshotError(f"{snap_dir / MANIFEST}: files lists no {required}")
+
+
+def read_index_file(path: Path, mmap: bool) -> faiss.Index:
+    """``faiss.read_index``, memory-mapped read-only when ``mmap``; SnapshotError naming the file."""
+    try:
+        return faiss.read_index(str(path), MMAP_FLAGS) if mmap else faiss.read_index(str(path))
+    except RuntimeError as exc:
+        how = "memory-mapped" if mmap else "it"
+        raise SnapshotError(f"{path}: FAISS cannot read {how}: {str(exc).splitlines()[0]}") from exc
+
+
+def _load_index(path: Path, mmap: bool | str, manifest: dict) -> tuple[faiss.Index, bool]:
+    """(index, mapped). ``"auto"`` maps when the manifest says so (or, in manifests older than the
+    field, when the type is one FAISS maps) and falls back to a normal read if mapping fails;
+    ``True`` insists on mapping."""
+    if mmap not in ("auto", True, False):
+        raise ValueError(f"mmap must be 'auto', True or False, got {mmap!r}")
+    want = mmap if mmap != "auto" else manifest.get("mmap", manifest["index"].get("type") in MMAP_TYPES)
+    if want:
+        try:
+            return read_index_file(path, mmap=True), True
+        except SnapshotError as exc:
+            if mmap is True:
+                raise
+            log.warning("%s; reading it into memory instead", exc)
+    return read_index_file(path, mmap=False), False
+
+
+def fixed_width(ids: pa.Array) -> np.ndarray:
+    """The UTF-8 bytes of a string array as a numpy ``S<max bytes>`` array, built from the Arrow
+    buffers in vectorised chunks (no Python str per id). Ids are compared as NUL-padded bytes, which
+    orders them as Arrow and Python do for ids without NUL characters."""
+    arr = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    arr = arr.cast(pa.large_string())
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
+    data = arr.buffers()[2]
+    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    width = max(1, int(lengths.max(initial=0)))
+    out = np.zeros(n * width, np.uint8)
+    step = max(1, (1 << 24) // width)          # ~16 MB of id bytes (and 2 x 128 MB of positions) per chunk
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        shift = np.repeat(np.arange(lo, hi, dtype=np.int64) * width - offsets[lo:hi], lengths[lo:hi])
+        out[np.arange(offsets[lo], offsets[hi]) + shift] = data[offsets[lo]:offsets[hi]]
+    return out.view(f"S{width}")
+
+
+class NoteIdIndex:
+    """note id <-> faiss id without a Python dict: the Arrow ids (faiss id = row), their sorted
+    fixed-width bytes and the permutation (None when the ids are already sorted, the usual
+    case: the build writes them in note_id order)."""
+
+    def __init__(self, ids: pa.Array, source: str):
+        self.ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+        keys = fixed_width(self.ids)
+        self.width = keys.dtype.itemsize
+        self.perm = None
+        if len(keys) > 1 and not np.all(keys[1:] > keys[:-1]):
+            self.perm = _sort_indices(self.ids, keys).astype(np.int64)
+            keys = keys[self.perm]
+            dup = np.flatnonzero(keys[1:] == keys[:-1])
+            if len(dup):
+                raise SnapshotError(f"{source}: {len(dup)} duplicated note ids, e.g. "
+                                    f"{keys[dup[:5]].astype(object).tolist()}")
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def lookup(self, note_ids: Sequence[str]) -> np.ndarray:
+        """int64 faiss ids, -1 where absent (vectorised binary search)."""
+        encoded = [str(s).encode("utf-8") for s in note_ids]
+        if not encoded or not len(self.keys):
+            return np.full(len(encoded), -1, np.int64)
+        fits = np.fromiter((len(b) <= self.width for b in encoded), bool, len(encoded))
+        q = np.array(encoded, dtype=f"S{self.width}")   # longer ids are truncated here; `fits` drops them
+        pos = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
+        hit = fits & (self.keys[pos] == q)
+        fid = pos if self.perm is None else self.perm[pos]
+        return np.where(hit, fid, -1).astype(np.int64)
+
+    def names(self, fids: np.ndarray) -> list[list]:
+        """Note ids of a (q, k) array of faiss ids; None where the id is negative (no result)."""
+        fids = np.atleast_2d(fids)
+        flat = self.ids.take(pa.array(np.where(fids >= 0, fids, 0).ravel())).to_numpy(zero_copy_only=False)
+        flat = np.where(fids.ravel() >= 0, flat, None)
+        return flat.reshape(fids.shape).tolist()
+
+
+def _sort_indices(ids: pa.Array, keys: np.ndarray) -> np.ndarray:
+    """Arrow's sort (fast, C++) when its order agrees with the NUL-padded bytes, else numpy's."""
+    perm = pc.sort_indices(ids).to_numpy()
+    sorted_keys = keys[perm]
+    return perm if np.all(sorted_keys[1:] >= sorted_keys[:-1]) else np.argsort(keys, kind="stable")
 
 
 class Snapshot:
-    """A loaded, verified snapshot."""
+    """A loaded, verified snapshot. Queries are thread-safe; :meth:`close` drops the index."""
 
-    def __init__(self, path: Path, manifest: dict, index: faiss.Index, note_ids: list):
+    def __init__(self, path: Path, manifest: dict, index: faiss.Index, ids: pa.Array, mmap: bool = False):
         self.path = path
         self.name = path.name
         self.manifest = manifest
-        self.index = index
-        self.note_ids = note_ids
-        self._faiss_id = {nid: i for i, nid in enumerate(note_ids)}
+        self.mmap = mmap
+        self._index = index
+        self._ids = NoteIdIndex(ids, str(path / IDS_FILE))
 
     @classmethod
-    def open(cls, root: str | os.PathLike, name: str | None = None, verify: bool = True) -> "Snapshot":
+    def open(cls, root: str | os.PathLike, name: str | None = None, verify: bool = True,
+             mmap: bool | str = "auto") -> "Snapshot":
+        """Open ``name`` (default: the one CURRENT names). ``verify`` checks every sha256 (sizes are
+        always checked); ``mmap``: "auto" (the manifest's ``mmap`` field), True or False."""
         root = Path(root)
         if name is None:
             name = current_name(root)
@@ -113,10 +263,7 @@ class Snapshot:
         manifest = read_manifest(snap_dir)
         verify_files(snap_dir, manifest, checksums=verify)
         index_path = snap_dir / INDEX_FILE
-        try:
-            index = faiss.read_index(str(index_path))
-        except RuntimeError as exc:
-            raise SnapshotError(f"{index_path}: FAISS cannot read it: {str(exc).splitlines()[0]}") from exc
+        index, mapped = _load_index(index_path, mmap, manifest)
         try:
             ids = read_table(snap_dir / IDS_FILE, IDS)
         except ContractError as exc:
@@ -132,45 +279,97 @@ class Snapshot:
         spec = manifest["index"]
         apply_search_params(index, spec.get("type"), spec.get("params", {}))
         if spec.get("type") == "ivf":
-            # The IVF direct map (id -> list position) is not serialised; reconstruct needs it.
+            # The IVF direct map (id -> list position) is not serialised; reconstruct (vector, neighbors)
+            # needs it. It is a separate array, so this works on a read-only mapped index too.
             faiss.extract_index_ivf(faiss.downcast_index(index.index)).make_direct_map()
-        return cls(snap_dir, manifest, index, ids.column("note_id").to_pylist())
+        return cls(snap_dir, manifest, index, ids.column("note_id"), mapped)
 
-    # ------------------------------------------------------------ queries
+    # ------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Drop the FAISS index (and its mapping once no running query holds it). Idempotent."""
+        self._index = None
+
+    @property
+    def closed(self) -> bool:
+        return self._index is None
+
+    def __enter__(self) -> "Snapshot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def index(self) -> faiss.Index:
+        """The FAISS index; SnapshotError once closed (each query takes it once, so a concurrent
+        close never pulls it from under a running search)."""
+        index = self._index
+        if index is None:
+            raise SnapshotError(f"snapshot {self.name} is closed")
+        return index
+
+    # ------------------------------------------------------------ ids
+    @property
+    def ids(self) -> pa.Array:
+        """Note ids as an Arrow string array; row = faiss id."""
+        return self._ids.ids
+
+    @functools.cached_property
+    def note_ids(self) -> list:
+        """The ids as a Python list, for old callers only (10^7 str objects: keep it off hot paths)."""
+        return self._ids.ids.to_pylist()
+
     def info(self) -> dict:
         return self.manifest
 
     def __len__(self) -> int:
-        return len(self.note_ids)
+        return len(self._ids)
 
     def has(self, note_id: str) -> bool:
-        return note_id in self._faiss_id
+        return bool(self._ids.lookup([note_id])[0] >= 0)
 
-    def _fid(self, note_id: str) -> int:
-        try:
-            return self._faiss_id[note_id]
-        except KeyError:
-            raise KeyError(f"note {note_id!r} is not in snapshot {self.name}") from None
+    def lookup(self, note_ids: Sequence[str]) -> np.ndarray:
+        """int64 faiss ids of ``note_ids``, -1 where absent."""
+        return self._ids.lookup(note_ids)
 
+    def _fids(self, note_ids: Sequence[str]) -> np.ndarray:
+        fids = self._ids.lookup(note_ids)
+        if (fids < 0).any():
+            missing = [n for n, f in zip(note_ids, fids) if f < 0]
+            raise UnknownNotes(f"notes not in snapshot {self.name}: {missing[:20]}"
+                               + (f" and {len(missing) - 20} more" if len(missing) > 20 else ""), missing)
+        return fids
+
+    # ------------------------------------------------------------ queries
     def vector(self, note_id: str) -> np.ndarray:
-        return self.index.reconstruct(self._fid(note_id))
+        return self.index.reconstruct(int(self._fids([note_id])[0]))
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[list, np.ndarray]:
         """Top-k notes per query vector (normalised here): (list of note-id lists, scores (q, k)).
 
         Where the index returns fewer than k results the ids are None and the scores -inf.
         """
+        index = self.index
         q = normalize(np.atleast_2d(vectors))
-        k = max(1, min(int(k), len(self.note_ids)))
-        scores, fids = self.index.search(q, k)
-        ids = [[self.note_ids[f] if f >= 0 else None for f in row] for row in fids]
-        return ids, np.where(fids >= 0, scores, -np.inf)
+        k = max(1, min(int(k), len(self)))
+        scores, fids = index.search(q, k)
+        return self._ids.names(fids), np.where(fids >= 0, scores, -np.inf)
 
     def neighbors(self, note_id: str, k: int = 10) -> list[tuple[str, float]]:
         """The k most similar other notes to ``note_id`` (the note itself is excluded)."""
-        fid = self._fid(note_id)
-        q = self.vector(note_id)[None, :]
-        kk = max(1, min(int(k) + 1, len(self.note_ids)))
-        scores, fids = self.index.search(q, kk)
-        out = [(self.note_ids[f], float(s)) for f, s in zip(fids[0], scores[0]) if f >= 0 and f != fid]
-        return out[:k]
+        return self.neighbors_batch([note_id], k)[0]
+
+    def neighbors_batch(self, note_ids: Sequence[str], k: int = 10) -> list[list[tuple[str, float]]]:
+        """:meth:`neighbors` of every id in one FAISS search; UnknownNotes (a KeyError) lists the
+        ids not in the snapshot before anything is searched."""
+        index = self.index
+        note_ids = list(note_ids)
+        if not note_ids:
+            return []
+        fids = self._fids(note_ids)
+        q = np.stack([index.reconstruct(int(f)) for f in fids])  # IDMap2 over IVF has no reconstruct_batch
+        kk = max(1, min(int(k) + 1, len(self)))
+        scores, found = index.search(q, kk)
+        names = self._ids.names(found)
+        return [[(n, float(s)) for f, s, n in zip(row_f, row_s, row_n) if f >= 0 and f != fid][:max(0, k)]
+                for fid, row_f, row_s, row_n in zip(fids, found, scores, names)]

@@ -358,6 +358,11 @@ MANIFEST_REQUIRED = {
     "metrics": dict,            # gate and evaluation metrics
 }
 
+# Optional: checked only when present (manifests written before a field existed stay readable).
+MANIFEST_OPTIONAL = {
+    "mmap": bool,               # consumers may memory-map index.faiss (indexing.snapshot.MMAP_FLAGS)
+}
+
 
 def validate_manifest(manifest: dict, source: str) -> dict:
     """Check a snapshot manifest against the contract; raise ContractError."""
@@ -367,6 +372,9 @@ def validate_manifest(manifest: dict, source: str) -> dict:
         if key not in manifest:
             raise ContractError(source, key, "missing from manifest")
         if not isinstance(manifest[key], typ) or (typ is int and isinstance(manifest[key], bool)):
+            raise ContractError(source, key, f"expected {typ.__name__}, found {type(manifest[key]).__name__}")
+    for key, typ in MANIFEST_OPTIONAL.items():
+        if key in manifest and not isinstance(manifest[key], typ):
             raise ContractError(source, key, f"expected {typ.__name__}, found {type(manifest[key]).__name__}")
     if manifest["format_version"] != MANIFEST_FORMAT_VERSION:
         raise ContractError(source, "format_version",
