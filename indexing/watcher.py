@@ -74,6 +74,7 @@ class SnapshotWatcher:
         self._draining: list[_Lease] = []      # retired, still held by requests
         self._swaps = 0
         self._refused: list[dict] = []
+        self._refusals = 0                          # every refusal, for counters that never go down
         self._refused_key: dict[str, tuple] = {}   # name -> (CURRENT's identity, time) when refused
         self._last_check_at: str | None = None
         self._pending_verify: Snapshot | None = None
@@ -205,6 +206,7 @@ class SnapshotWatcher:
         self._refused_key[name] = (key, time.monotonic())
         with self._lock:
             self._refused = (self._refused + [{"name": name, "reason": reason, "at": _now()}])[-REFUSED_KEPT:]
+            self._refusals += 1
         log.error("refused snapshot %s, still serving the previous one: %s", name, reason)
 
     def _verify_served(self, snap: Snapshot) -> None:
@@ -215,6 +217,7 @@ class SnapshotWatcher:
             log.info("snapshot %s verified in the background", snap.name)
         except SnapshotError as exc:
             with self._lock:
+                self._refusals += 1
                 self._refused = (self._refused + [{"name": snap.name, "reason": str(exc),
                                                    "at": _now()}])[-REFUSED_KEPT:]
             log.error("snapshot %s failed its background verification and keeps serving until CURRENT "
@@ -232,6 +235,7 @@ class SnapshotWatcher:
             return {"serving": self._serving.snap.name if self._serving else None,
                     "swaps": self._swaps,
                     "refused": [dict(r) for r in self._refused],
+                    "refusals": self._refusals,
                     "last_check_at": self._last_check_at,
                     "in_flight": sum(lease.held for lease in leases),
                     "draining": [lease.snap.name for lease in self._draining],
