@@ -27,6 +27,8 @@ COMMANDS = [
     ("bench/bench_sample.py", [], "BenchSampleConfig", "days"),
     ("bench/bench_cooccurrence.py", [], "BenchCooccurrenceConfig", "straightforward"),
     ("bench/bench_cooccurrence.py", ["child"], "ChildConfig", "engine"),
+    ("bench/bench_serving_load.py", [], "LoadConfig", "corrupt_at_s"),
+    ("bench/bench_snapshot_open.py", [], "BenchSnapshotOpenConfig", "repeats"),
     ("scripts/demo_report.py", [], "DemoReportConfig", "test_date"),
     ("scripts/lock_constraints.py", [], "LockConfig", "keep"),
 ]
