@@ -82,17 +82,28 @@ class SnapshotWatcher:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ lifecycle
-    def start(self) -> "SnapshotWatcher":
-        """Open the current snapshot (SnapshotError if it cannot be) and start polling."""
+    def start(self, require_snapshot: bool = True) -> "SnapshotWatcher":
+        """Open the current snapshot and start polling. When it cannot be opened: SnapshotError, or
+        with ``require_snapshot=False`` serve nothing yet (a broken one is refused) and keep polling."""
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError("SnapshotWatcher already started")
         background = self.verify and self.verify_in_background
-        snap = Snapshot.open(self.root, verify=self.verify and not background, mmap=self.mmap)
+        try:
+            snap = Snapshot.open(self.root, verify=self.verify and not background, mmap=self.mmap)
+        except SnapshotError as exc:
+            if require_snapshot:
+                raise
+            snap = None
+            name, key = self._read_current()
+            if name is not None:
+                self._refuse(name, key, f"SnapshotError: {exc}")
+            log.warning("no snapshot to serve yet (%s); polling %s every %.1f s", exc, self.root, self.poll_s)
         with self._lock:
-            self._serving = _Lease(snap)
+            self._serving = _Lease(snap) if snap is not None else None
             self._last_check_at = _now()
         self._pending_verify = snap if background else None
-        log.info("serving snapshot %s (mmap=%s)", snap.name, snap.mmap)
+        if snap is not None:
+            log.info("serving snapshot %s (mmap=%s)", snap.name, snap.mmap)
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="snapshot-watcher", daemon=True)
         self._thread.start()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from typing import Any, Iterator
 
@@ -99,32 +98,16 @@ class Service:
         self.cfg, self.watcher = cfg, watcher
         self.metrics = Metrics()
         self.text = TextEncoder(cfg.text_device, cfg.text_precision, cfg.text_batch_size)
-        self._stopped = threading.Event()
-        self._fallback: threading.Thread | None = None
         self.final_status: dict | None = None
-        self._refused_lock = threading.Lock()
-        self._refused_seen: set[tuple] = set()
 
     def serving(self) -> str | None:
         return self.watcher.status().get("serving")
 
     def start(self) -> None:
-        """Serve CURRENT's snapshot and poll for the next one.
-
-        ``SnapshotWatcher.start`` raises when there is nothing usable yet (no CURRENT, or
-        a corrupted first snapshot); the service still starts then, unhealthy (503), and
-        polls with ``check_now`` itself until a good snapshot is published.
-        """
-        from indexing.snapshot import SnapshotError
-
-        try:
-            self.watcher.start()
-        except SnapshotError as exc:
-            log.warning("no snapshot to serve yet (%s); polling %s every %.1f s", exc, self.cfg.snapshot_root,
-                        self.cfg.poll_s)
-            self._fallback = threading.Thread(target=self._poll_until_stopped, name="serving-first-snapshot",
-                                              daemon=True)
-            self._fallback.start()
+        """Serve CURRENT's snapshot and poll for the next one; with nothing usable yet (no CURRENT,
+        or a corrupted first snapshot) the service starts unhealthy (503) and the watcher keeps
+        polling until a good snapshot is published."""
+        self.watcher.start(require_snapshot=False)
         if self.cfg.preload_text_model and self.serving():
             with self.lease() as snap:
                 try:
@@ -132,34 +115,14 @@ class Service:
                 except ModelUnavailable as exc:
                     log.warning("text model not preloaded: %s", exc)
 
-    def _poll_until_stopped(self) -> None:
-        while True:
-            try:
-                self.watcher.check_now()
-            except Exception:  # noqa: BLE001 - the poller must survive anything, as the watcher's own does
-                log.exception("snapshot check failed")
-            if self._stopped.wait(self.cfg.poll_s):
-                return
-
     def stop(self) -> None:
         """Stop polling and release the snapshot; ``final_status`` keeps what was served last (the result line's)."""
         self.final_status = self.watcher_status()
-        self._stopped.set()
-        if self._fallback is not None:
-            self._fallback.join()
         self.watcher.stop()
 
     def watcher_status(self) -> dict:
-        """The watcher's status plus ``refusals``, a count that only grows: the watcher keeps only
-        the last few refusals in its list, and a Prometheus counter must never go down."""
-        status = self.watcher.status()
-        with self._refused_lock:
-            for entry in status.get("refused") or []:
-                key = (entry.get("name"), entry.get("at"))
-                if key not in self._refused_seen:
-                    self._refused_seen.add(key)
-            status.setdefault("refusals", len(self._refused_seen))
-        return status
+        """The watcher's status (``refusals`` counts every refusal, for a counter that never goes down)."""
+        return self.watcher.status()
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[Any]:

@@ -53,6 +53,28 @@ def test_start_without_a_snapshot_raises(tmp_path, watcher):
         watcher().start()
 
 
+def test_start_without_requiring_a_snapshot_serves_the_first_good_one(tmp_path, watcher):
+    w = watcher().start(require_snapshot=False)
+    assert w.status()["serving"] is None
+    with pytest.raises(SnapshotError, match="serves no snapshot"):
+        with w.acquire():
+            pass
+    first = put(tmp_path, 1)
+    flip_byte(snapshots_dir(tmp_path) / first / "index.faiss")
+    assert w.check_now() is False and w.status()["refusals"] == 1 and w.status()["serving"] is None
+    second = put(tmp_path, 2)
+    assert w.check_now() is True and w.status()["serving"] == second
+
+
+def test_corrupted_first_snapshot_is_refused_at_start_without_requiring_one(tmp_path, watcher):
+    first = put(tmp_path, 1)
+    flip_byte(snapshots_dir(tmp_path) / first / "index.faiss")
+    w = watcher().start(require_snapshot=False)
+    status = w.status()
+    assert status["serving"] is None and status["refusals"] == 1 and status["refused"][0]["name"] == first
+    assert w.check_now() is False and w.status()["refusals"] == 1   # the same broken name is not retried
+
+
 def test_new_current_is_swapped_in(tmp_path, watcher):
     a = put(tmp_path, 1)
     w = watcher().start()
