@@ -4,6 +4,7 @@
 
     watcher = SnapshotWatcher("/data/index", poll_s=5.0)
     watcher.start()                         # opens + verifies CURRENT's snapshot, starts the polling thread
+    # (start(require_snapshot=False) serves nothing until CURRENT names a good snapshot)
     with watcher.acquire() as snap:         # one request: the snapshot being served, counted in flight
         snap.neighbors_batch(ids, k=10)
     watcher.status()                        # {"serving", "swaps", "refused", "last_check_at", "in_flight", ...}
