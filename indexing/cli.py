@@ -82,29 +82,32 @@ def _hits(hits, titles: dict) -> list[dict]:
 
 @_bad_input
 def cmd_embed(cfg: EmbedArgs, timer: cli.Timer) -> dict | None:
-    from indexing import pipeline
+    """In this process (``--num-procs 1``), as local ranks (``--num-procs N``), as a torchrun rank
+    (env WORLD_SIZE > 1: a process group, rank 0 finalises and prints), or as an externally launched
+    worker without a group (``--rank R --world-size W``, then ``embed --finalize``)."""
+    from indexing import launch, pipeline
     model_dir = pipeline.resolve_model_dir(cfg.model, cfg.models_root)
     config = pick(EmbedConfig, cfg)
     if cfg.finalize:
         return _finalize(cfg, model_dir, config, timer)
-    rank = cfg.rank if cfg.rank is not None else int(os.environ.get("RANK", 0))
-    world = cfg.world_size if cfg.world_size is not None else int(os.environ.get("WORLD_SIZE", 1))
     with timer.phase("embed"):
-        stats = pipeline.run_embed(model_dir, cfg.notes, cfg.emb_root, config, cfg.num_procs, rank, world)
-    if rank != 0:
-        return None   # one result line per launch: rank 0's (`embed --finalize` reports the whole store)
+        if cfg.rank is not None:
+            stats = launch.run_rank(model_dir, cfg.notes, cfg.emb_root, config, cfg.rank, cfg.world_size,
+                                    local_rank=int(os.environ.get("LOCAL_RANK", cfg.rank)), group=False)
+        elif int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            stats = launch.embed_from_env(model_dir, cfg.notes, cfg.emb_root, config)
+        else:
+            stats = launch.embed_store(model_dir, cfg.notes, cfg.emb_root, config, cfg.num_procs)
+    if stats is None:
+        return None   # one result line per launch: rank 0's
     return {"emb_dir": str(cfg.emb_root), "model_dir": str(model_dir), **stats}
 
 
 def _finalize(cfg: EmbedArgs, model_dir: Path, config: EmbedConfig, timer: cli.Timer) -> dict:
-    from indexing import store
-    from notellm.contracts import NOTES, read_table
-    from notellm.encoder import SIDECAR, EncoderConfig
+    from indexing import launch
     with timer.phase("finalize"):
-        enc = EncoderConfig.from_json(model_dir / SIDECAR)
-        plan, _ = store.make_plan(read_table(cfg.notes, NOTES), enc.prompt_config, config.shard_size)
-        store.finalize(cfg.emb_root, enc.model_id, plan)
-    return {"finalized": str(cfg.emb_root / enc.model_id), "notes": len(plan.note_ids)}
+        stats = launch.finalize_from_notes(model_dir, cfg.notes, cfg.emb_root)
+    return {"finalized": str(Path(cfg.emb_root) / stats["model_id"]), **stats}
 
 
 @_bad_input

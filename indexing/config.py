@@ -55,21 +55,35 @@ def _fraction(cfg, *names: str) -> None:
 
 @dataclasses.dataclass
 class EmbedConfig(Settings):
-    """Knobs of an embedding run (see :mod:`indexing.embed`)."""
+    """Knobs of an embedding run (see :mod:`indexing.embed`, :mod:`indexing.store`)."""
 
-    shard_size: int = option(2048, help="notes per stored shard: the unit of resuming and of worker sharding")
-    batch_size: int = option(32, help="notes per forward pass (batches are length-sorted)")
+    num_buckets: int | str = option("auto", help="hash buckets of a new store (bucket = FNV-1a-64(note_id) mod "
+                                                 "this); auto = next power of two of notes / 65,536, in "
+                                                 "[16, 4096]. Fixed at creation: an existing store keeps its "
+                                                 "count, a different explicit count is refused (rebuild)")
+    compact_fraction: float = option(0.25, help="a bucket gets a new base segment (its deltas folded in) once "
+                                                "its delta rows would exceed this fraction of its base rows")
+    max_batch_tokens: int = option(8192, help="padded tokens per forward pass (longest prompt x notes); "
+                                              "batches are cut per bucket, longest prompts first")
+    max_batch_notes: int = option(256, help="notes per forward pass at most (short prompts)")
     precision: str = option("auto", choices=PRECISIONS,
-                            help="auto = bf16 autocast on GPU and on CPUs with native bf16 (AVX512-BF16/AMX), "
-                                 "else fp32")
-    incremental: bool = option(True, help="reuse the stored vectors of unchanged notes; --no-incremental "
-                                          "(or --full) re-embeds every note")
+                            help="auto = bf16 weights on GPU, bf16 autocast on CPUs with native bf16 "
+                                 "(AVX512-BF16/AMX), else fp32")
+    incremental: bool = option(True, help="reuse the stored vectors of unchanged notes, write only deltas; "
+                                          "--no-incremental (or --full) re-embeds every note into new base "
+                                          "segments (and resumes its own interrupted run)")
     progress: bool = option(True, help="show a progress bar (notes/s) on stderr")
 
     def _check(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _positive(self, "shard_size", "batch_size")
+        if isinstance(self.num_buckets, str) and self.num_buckets.strip().isdigit():
+            self.num_buckets = int(self.num_buckets)
+        if self.num_buckets != "auto" and not (isinstance(self.num_buckets, int)
+                                               and not isinstance(self.num_buckets, bool)
+                                               and 1 <= self.num_buckets <= 65_536):
+            raise ConfigError(f"num_buckets must be 'auto' or an integer in 1..65536, got {self.num_buckets!r}")
+        _positive(self, "max_batch_tokens", "max_batch_notes", "compact_fraction")
 
 
 @dataclasses.dataclass
@@ -173,17 +187,25 @@ class QueryArgs(SnapshotArgs):
 
 @dataclasses.dataclass(kw_only=True)
 class EmbedArgs(EmbedConfig, StoreArgs, ModelArgs):
-    """Embed the notes into the per-model embedding store (incremental by default)."""
+    """Embed the notes into the per-model embedding store (incremental by default).
 
-    num_procs: int = option(1, help="local worker processes (one per GPU, or CPU threads split between them)")
-    rank: int | None = option(None, help="this worker's rank when launched externally (default: env RANK, else 0)")
-    world_size: int | None = option(None, help="externally launched workers (default: env WORLD_SIZE, else 1); "
-                                               "run `embed --finalize` once all have finished")
-    finalize: bool = option(False, help="only check every shard of an externally launched multi-worker run and "
-                                        "mark the store complete")
+    Under ``torchrun`` (env WORLD_SIZE > 1) the ranks form a process group (gloo on CPU, nccl on GPU):
+    bucket b is embedded by rank b % WORLD_SIZE on cuda:LOCAL_RANK, rank 0 finalises and prints."""
+
+    num_procs: int = option(1, help="local worker processes forming one process group (one per GPU, or CPU "
+                                    "threads split between them); ignored under torchrun")
+    rank: int | None = option(None, help="externally launched worker without a process group: its rank (with "
+                                         "--world-size; run `embed --finalize` once all have finished)")
+    world_size: int | None = option(None, help="externally launched workers without a process group (with --rank)")
+    finalize: bool = option(False, help="only check every bucket of an externally launched multi-worker run "
+                                        "against the notes and mark the store complete")
 
     def _check(self) -> None:
         _positive(self, "num_procs", "world_size")
+        if (self.rank is None) != (self.world_size is None):
+            raise ConfigError("--rank and --world-size go together")
+        if self.rank is not None and not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"rank {self.rank} outside a world of size {self.world_size}")
 
 
 @dataclasses.dataclass(kw_only=True)

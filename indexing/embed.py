@@ -1,70 +1,83 @@
-"""Embedding the note corpus with the approved NoteLLM model into the store.
+"""Embedding the note corpus with the approved NoteLLM model into the bucketed store.
 
-The store, its plan and its shard files are :mod:`indexing.store`; launching
-several local worker processes is :mod:`indexing.launch`. This module is the
-loop of one worker. What makes it resumable and incremental:
+The store format is :mod:`indexing.store`, bucket assignment and reading a
+rank's notes :mod:`indexing.buckets`, process groups and local workers
+:mod:`indexing.launch`. This module is the loop of one rank, state-based so a
+run is resumable and idempotent: for each of its buckets (b % world_size ==
+rank) it folds the stored segments and compares them with the planned
+``(note_id, text_sha256)`` rows of the bucket:
 
-* a planned shard whose file already holds exactly the planned
-  ``(note_id, text_sha256)`` rows is skipped (resume after a crash, or nothing
-  changed in it);
-* incremental mode reuses every stored vector whose key matches and embeds
-  only new or changed notes; shards past the end of the new plan (and with
-  them deleted notes) are removed by :func:`indexing.store.finalize`;
-* full mode ignores vectors from earlier runs, but resumes its own run: the
-  plan digest in ``_run.json`` tells a crashed full run from an old one.
+* incremental (default): nothing is written when they are equal; otherwise new
+  and changed notes are embedded and written with tombstones for deleted notes
+  as one delta segment, or, once the bucket's deltas would exceed
+  ``compact_fraction`` of its base, as a new base (compaction);
+* full (``--no-incremental``): every bucket gets a new base of freshly embedded
+  vectors, except buckets whose base this same run already wrote (``_run.json``
+  records the seq floor of the run), so a crashed full run resumes.
 
-Work is split over ``world_size`` workers by shard (rank r takes shards
-i with i % world_size == r); that works on CPU processes and on GPUs alike.
+Each bucket is embedded on its own (notes length-sorted, token-budget batches),
+so the files do not depend on the number of ranks: 2 ranks write byte for byte
+what 1 rank writes. After writing, a bucket is folded again and checked.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from indexing.buckets import count_rows, keys_digest, rank_buckets, read_rank_notes
 from indexing.config import EmbedConfig
 from indexing.store import (
     SUCCESS,
-    Plan,
-    embeddings_table,
-    existing_shards,
+    StoreInfo,
+    clean_bucket,
+    create_or_check_store,
     finalize,
-    full_run_ready,
-    load_embeddings,
-    make_plan,
-    reusable_vectors,
-    shard_is_complete,
-    shard_path,
-    start_full_run,
-    wait_for,
+    fold,
+    full_run_floor,
+    list_segments,
+    live_segments,
+    segment_table,
+    start_or_resume_full_run,
+    vectors_of,
+    write_segment,
 )
-from notellm.contracts import embeddings_contract, write_table
-from notellm.precision import PRECISIONS, cpu_has_native_bf16, use_bf16  # noqa: F401 (re-exported)
+from notellm.precision import use_bf16
 
-__all__ = ["EmbedConfig", "EmbedStats", "embed_corpus", "existing_shards", "finalize", "load_embeddings",
-           "make_plan"]
+__all__ = ["EmbedConfig", "EmbedStats", "combine_stats", "embed_corpus", "embed_rank", "load_encoder",
+           "prepare_store"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class EmbedStats:
+    """One rank's counts. ``notes`` = rows of the whole input (every rank reads them all);
+    ``vectors`` = rows its buckets hold afterwards."""
+
+    rank: int = 0
     notes: int = 0
-    shards: int = 0
-    shards_skipped: int = 0
-    shards_written: int = 0
+    vectors: int = 0
+    buckets: int = 0
+    buckets_written: int = 0
+    buckets_verified: int = 0
+    segments_written: int = 0
+    compactions: int = 0
     embedded: int = 0
     reused: int = 0
+    deleted: int = 0
+    bytes_written: int = 0
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    bucket_digests: dict = dataclasses.field(default_factory=dict)
 
     @property
     def notes_per_s(self) -> float:
@@ -72,12 +85,35 @@ class EmbedStats:
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        d.pop("bucket_digests")
         d["notes_per_s"] = round(self.notes_per_s, 2)
         return d
 
 
+def combine_stats(parts: list[EmbedStats], num_buckets: int) -> dict:
+    """The run's figures from every rank's: sums, slowest rank's times, the plan digest (sha256
+    over the bucket digests in bucket order), and the checks :func:`indexing.store.finalize` needs."""
+    notes = {p.notes for p in parts}
+    if len(notes) != 1:
+        raise RuntimeError(f"ranks read different inputs: rows {sorted(notes)}")
+    digests = {b: d for p in parts for b, d in p.bucket_digests.items()}
+    out = {k: sum(getattr(p, k) for p in parts) for k in
+           ("vectors", "buckets_written", "buckets_verified", "segments_written", "compactions", "embedded",
+            "reused", "deleted", "bytes_written")}
+    if out["buckets_verified"] != len(digests):
+        raise RuntimeError(f"{out['buckets_verified']} bucket checks for {len(digests)} buckets: a bucket ran twice")
+    embed_s = max(p.embed_seconds for p in parts)
+    h = hashlib.sha256()
+    for b in range(num_buckets):
+        h.update(digests.get(b, "-").encode())
+    out.update(notes=notes.pop(), world_size=len(parts), seconds=round(max(p.seconds for p in parts), 3),
+               embed_seconds=round(embed_s, 3), notes_per_s=round(out["embedded"] / embed_s, 2) if embed_s else 0.0,
+               plan_digest=h.hexdigest())
+    return out
+
+
 class _Progress:
-    """tqdm bar counting embedded notes (its rate is notes/s); silent when disabled."""
+    """tqdm bar counting notes (embedded or reused); silent when disabled."""
 
     def __init__(self, total: int, enabled: bool, desc: str):
         self.bar = None
@@ -94,99 +130,165 @@ class _Progress:
             self.bar.close()
 
 
-def embed_corpus(encoder, notes: pa.Table, emb_root: str | os.PathLike, config: EmbedConfig = EmbedConfig(),
-                 rank: int = 0, world_size: int = 1, after_shard: Callable[[int], None] | None = None,
-                 finalize_store: bool | None = None) -> EmbedStats:
-    """Embed this worker's shards of ``notes`` (NOTES contract) into the store.
+def load_encoder(model_dir: str | Path, precision: str = "auto", local_rank: int = 0):
+    """(encoder, autocast_bf16) for inference: on CUDA the encoder goes to ``cuda:local_rank`` with
+    bf16 weights (precision auto / bf16); on CPU it stays fp32 with bf16 autocast where
+    :func:`notellm.precision.use_bf16` says so (native bf16 only, for auto)."""
+    import torch
 
-    ``after_shard(i)`` is called after shard i is safely written (a test hook:
-    raising there simulates a crash after k shards). With ``world_size == 1``
-    the store is finalised (stale shards removed, ``_SUCCESS`` written); with
-    several workers call :func:`indexing.store.finalize` once all have finished.
-    """
-    t0 = time.perf_counter()
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world of size {world_size}")
-    model_id = encoder.config.model_id
-    if not model_id:
-        raise ValueError("encoder has no model_id (load it with NoteEncoder.load from a saved directory)")
-    plan, notes = make_plan(notes, encoder.config.prompt_config, config.shard_size)
-    model_dir = Path(emb_root) / model_id
-    model_dir.mkdir(parents=True, exist_ok=True)
-    stats = EmbedStats(notes=len(plan.note_ids), shards=plan.num_shards)
+    from notellm.encoder import NoteEncoder
+    encoder = NoteEncoder.load(model_dir)
+    if torch.cuda.is_available():
+        encoder.to(f"cuda:{local_rank % torch.cuda.device_count()}")
+        if use_bf16(precision, "cuda"):
+            encoder.to(torch.bfloat16)
+        return encoder, False
+    return encoder, use_bf16(precision, "cpu")
+
+
+def prepare_store(model_dir: Path, model_id: str, dim: int, config: EmbedConfig, notes) -> StoreInfo:
+    """Rank 0, before the other ranks start: create or check ``_store.json`` and, in full mode,
+    start (or resume) the full run."""
+    info = create_or_check_store(model_dir, model_id, dim, config.num_buckets, count_rows(notes))
     if not config.incremental:
-        _prepare_full_run(model_dir, plan, rank, world_size)
-    todo = _shards_to_write(model_dir, plan, model_id, rank, world_size, stats)
-    if todo:
-        # The store is about to change: it is no longer a complete, finalised set.
-        (model_dir / SUCCESS).unlink(missing_ok=True)
-        _write_shards(encoder, notes, model_dir, plan, todo, config, stats, f"embed rank {rank}/{world_size}",
-                      after_shard)
-    if finalize_store if finalize_store is not None else world_size == 1:
-        finalize(emb_root, model_id, plan, stats)
+        start_or_resume_full_run(info)
+    return info
+
+
+def embed_rank(encoder, notes, info: StoreInfo, config: EmbedConfig, rank: int = 0, world_size: int = 1,
+               autocast_bf16: bool = False) -> EmbedStats:
+    """Bring this rank's buckets in line with ``notes`` (NOTES Parquet path or table)."""
+    t0 = time.perf_counter()
+    if encoder.config.model_id != info.model_id or encoder.config.dim != info.dim:
+        raise ValueError(f"encoder {encoder.config.model_id} (d={encoder.config.dim}) does not match the store "
+                         f"{info.model_dir} ({info.model_id}, d={info.dim})")
+    floor = None
+    if not config.incremental:
+        floor = full_run_floor(info)
+        if floor is None:
+            raise RuntimeError(f"{info.model_dir}: no full run prepared (_run.json); call prepare_store first")
+    mine = read_rank_notes(notes, info.num_buckets, rank, world_size, encoder.config.prompt_config)
+    stats = EmbedStats(rank=rank, notes=mine.rows_in)
+    progress = _Progress(mine.table.num_rows, config.progress, f"embed rank {rank}/{world_size}")
+    writer = _BucketWriter(encoder, info, config, autocast_bf16, stats, progress)
+    try:
+        for b in rank_buckets(info.num_buckets, rank, world_size):
+            writer.run(b, mine.bucket(b), floor)
+    finally:
+        progress.close()
     stats.seconds = time.perf_counter() - t0
     return stats
 
 
-def _prepare_full_run(model_dir: Path, plan: Plan, rank: int, world_size: int) -> None:
-    """Rank 0 starts the full run over (unless it is resuming); other ranks wait for it."""
+def embed_corpus(encoder, notes, emb_root, config: EmbedConfig = EmbedConfig(), rank: int = 0,
+                 world_size: int = 1, autocast_bf16: bool | None = None) -> EmbedStats:
+    """One worker in this process, without a process group: rank 0 prepares the store; other ranks
+    expect it prepared (:func:`indexing.launch.wait_for_store`). With ``world_size == 1`` the store is
+    finalised; otherwise run ``embed --finalize`` once every worker has finished."""
+    from indexing.launch import wait_for_store
+    model_id, dim = encoder.config.model_id, encoder.config.dim
+    if not model_id:
+        raise ValueError("encoder has no model_id (load it with NoteEncoder.load from a saved directory)")
+    model_dir = Path(emb_root) / model_id
     if rank == 0:
-        start_full_run(model_dir, plan)
-    elif world_size > 1:
-        wait_for(lambda: full_run_ready(model_dir, plan))
+        info = prepare_store(model_dir, model_id, dim, config, notes)
+    else:
+        info = wait_for_store(model_dir, config)
+    if autocast_bf16 is None:
+        autocast_bf16 = use_bf16(config.precision, encoder.device.type)
+    stats = embed_rank(encoder, notes, info, config, rank, world_size, autocast_bf16)
+    if world_size == 1:
+        finalize(info, combine_stats([stats], info.num_buckets))
+    return stats
 
 
-def _shards_to_write(model_dir: Path, plan: Plan, model_id: str, rank: int, world_size: int,
-                     stats: EmbedStats) -> list[int]:
-    """This rank's shards that are not already stored complete (those count as skipped / reused)."""
-    todo = []
-    stored = existing_shards(model_dir)
-    for i in range(rank, plan.num_shards, world_size):
-        if i in stored and shard_is_complete(stored[i], plan, i, model_id):
-            stats.shards_skipped += 1
-            stats.reused += len(plan.shard_rows(i))
+class _BucketWriter:
+    """Compare one bucket's stored state with its planned rows; write what differs."""
+
+    def __init__(self, encoder, info: StoreInfo, config: EmbedConfig, autocast_bf16: bool, stats: EmbedStats,
+                 progress: _Progress):
+        self.encoder, self.info, self.config = encoder, info, config
+        self.autocast, self.stats, self.progress = autocast_bf16, stats, progress
+        self.model_id = info.model_id
+
+    def run(self, b: int, planned: pa.Table, floor: int | None) -> None:
+        info, stats = self.info, self.stats
+        stats.buckets += 1
+        clean_bucket(info, b)
+        segments = live_segments(list_segments(info, b))
+        ids = planned.column("note_id").to_pylist()
+        fps = planned.column("text_sha256").to_pylist()
+        stored = fold(info, segments)
+        s_ids, s_fps = stored.column("note_id").to_pylist(), stored.column("text_sha256").to_pylist()
+        s_models = set(stored.column("model_id").to_pylist())
+        same = s_ids == ids and s_fps == fps and s_models <= {self.model_id}
+        if floor is None:
+            have = {n: f for n, f, m in zip(s_ids, s_fps, stored.column("model_id").to_pylist()) if m == self.model_id}
+            changed = [j for j, (n, f) in enumerate(zip(ids, fps)) if have.get(n) != f]
+            wanted = set(ids)
+            gone = [n for n in s_ids if n not in wanted]
+            done = same
         else:
-            todo.append(i)
-    return todo
+            done = same and (not segments or (len(segments) == 1 and segments[0].seq >= floor))
+            changed, gone = list(range(len(ids))), []
+        if not done:
+            (info.model_dir / SUCCESS).unlink(missing_ok=True)   # the store is about to change
+            self._write(b, planned, segments, changed, gone, floor)
+            self._verify(b, ids, fps)
+        else:
+            self.progress(len(ids))
+        stats.reused += len(ids) - (0 if done else len(changed))
+        stats.vectors += len(ids)
+        stats.buckets_verified += 1
+        stats.bucket_digests[b] = keys_digest(ids, fps)
 
+    def _embed(self, rows: pa.Table) -> np.ndarray:
+        from notellm.inference import embed_notes
+        t = time.perf_counter()
+        vecs = embed_notes(self.encoder, rows.select(["title", "content", "hashtags"]).to_pylist(),
+                           batch_size=self.config.max_batch_notes, max_batch_tokens=self.config.max_batch_tokens,
+                           autocast_bf16=self.autocast, progress=self.progress)
+        self.stats.embed_seconds += time.perf_counter() - t
+        self.stats.embedded += rows.num_rows
+        return vecs
 
-def _write_shards(encoder, notes: pa.Table, model_dir: Path, plan: Plan, todo: list[int], config: EmbedConfig,
-                  stats: EmbedStats, desc: str, after_shard: Callable[[int], None] | None) -> None:
-    """Embed (or reuse) the rows of each shard in ``todo`` and write the shard atomically."""
-    wanted = {}
-    for i in todo:
-        wanted.update(zip(*plan.shard_keys(i)))
-    reuse = reusable_vectors(model_dir, encoder.config.model_id, encoder.config.dim, wanted)
-    progress = _Progress(len(wanted) - len(reuse), config.progress, desc)
-    bf16 = use_bf16(config.precision, encoder.device.type)
-    records = notes.select(["title", "content", "hashtags"])
-    try:
-        for i in todo:
-            _write_shard(encoder, records, model_dir, plan, i, reuse, config.batch_size, bf16, progress, stats)
-            if after_shard is not None:
-                after_shard(i)
-    finally:
-        progress.close()
+    def _write(self, b: int, planned: pa.Table, segments: list, changed: list[int], gone: list[str],
+               floor: int | None) -> None:
+        info, stats, dim = self.info, self.stats, self.info.dim
+        new_vecs = self._embed(planned.take(pa.array(changed, pa.int64())))
+        self.progress(planned.num_rows - len(changed))
+        last = segments[-1].seq if segments else -1
+        base_rows = segments[0].rows if segments and segments[0].kind == "base" else None
+        delta_rows = sum(s.rows for s in segments if s.kind == "delta")
+        upserts = planned.take(pa.array(changed, pa.int64()))
+        if floor is None and base_rows is not None and \
+                delta_rows + len(changed) + len(gone) <= self.config.compact_fraction * base_rows:
+            vecs = np.concatenate([new_vecs, np.zeros((len(gone), dim), np.float32)])
+            ids = upserts.column("note_id").to_pylist() + gone
+            fps = upserts.column("text_sha256").to_pylist() + [""] * len(gone)
+            deleted = np.concatenate([np.zeros(len(changed), bool), np.ones(len(gone), bool)])
+            stats.bytes_written += write_segment(info, b, last + 1, "delta",
+                                                 segment_table(ids, vecs, self.model_id, fps, deleted))
+            stats.deleted += len(gone)
+        else:
+            vecs = np.zeros((planned.num_rows, dim), np.float32)
+            vecs[changed] = new_vecs
+            kept = np.setdiff1d(np.arange(planned.num_rows), np.asarray(changed, np.int64))
+            if len(kept):   # unchanged notes: their stored vectors
+                state = fold(info, segments, vectors=True)
+                pos = pc.index_in(planned.column("note_id").take(pa.array(kept)), value_set=state.column("note_id"))
+                vecs[kept] = vectors_of(state.take(pos))
+            stats.deleted += len(gone)
+            stats.compactions += int(floor is None and base_rows is not None)
+            seq = max(last + 1, floor or 0)
+            stats.bytes_written += write_segment(info, b, seq, "base",
+                                                 segment_table(planned.column("note_id"), vecs, self.model_id,
+                                                               planned.column("text_sha256")))
+            clean_bucket(info, b)   # the new base is durable: older segments can go
+        stats.segments_written += 1
+        stats.buckets_written += 1
 
-
-def _write_shard(encoder, records: pa.Table, model_dir: Path, plan: Plan, shard: int, reuse: dict,
-                 batch_size: int, bf16: bool, progress: _Progress, stats: EmbedStats) -> None:
-    rows = plan.shard_rows(shard)
-    ids, fps = plan.shard_keys(shard)
-    dim = encoder.config.dim
-    vecs = np.zeros((len(ids), dim), dtype=np.float32)
-    need = [j for j, nid in enumerate(ids) if nid not in reuse]
-    for j, nid in enumerate(ids):
-        if nid in reuse:
-            vecs[j] = reuse[nid]
-    if need:
-        batch = records.take(pa.array([rows.start + j for j in need])).to_pylist()
-        te = time.perf_counter()
-        vecs[need] = encoder.embed_notes(batch, batch_size=batch_size, autocast_bf16=bf16,
-                                         sort_by_length=True, progress=progress)
-        stats.embed_seconds += time.perf_counter() - te
-    stats.embedded += len(need)
-    stats.reused += len(ids) - len(need)
-    write_table(embeddings_table(ids, vecs, encoder.config.model_id, fps), shard_path(model_dir, shard),
-                embeddings_contract(dim))
-    stats.shards_written += 1
+    def _verify(self, b: int, ids: list, fps: list) -> None:
+        state = fold(self.info, live_segments(list_segments(self.info, b)))
+        if state.column("note_id").to_pylist() != ids or state.column("text_sha256").to_pylist() != fps:
+            raise RuntimeError(f"{self.info.bucket_dir(b)}: bucket does not match its notes after writing")

@@ -38,3 +38,21 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int, sort_by_lengt
     """Row indices per batch; sorted by length (stable) so little compute goes to padding."""
     order = np.argsort(np.asarray(lengths), kind="stable") if sort_by_length else np.arange(len(lengths))
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def token_budget_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_notes: int) -> list[np.ndarray]:
+    """Row indices per batch, longest prompts first, each batch as large as its padded size allows:
+    ``len(batch) * longest prompt in it <= max_batch_tokens`` and ``len(batch) <= max_batch_notes``
+    (a single prompt longer than the budget gets a batch of its own). Ties keep the input order,
+    so the same rows always form the same batches."""
+    if max_batch_tokens <= 0 or max_batch_notes <= 0:
+        raise ValueError("max_batch_tokens and max_batch_notes must be positive")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        width = max(int(lengths[order[start]]), 1)       # the longest prompt of the batch is its first
+        size = max(1, min(max_batch_notes, max_batch_tokens // width))
+        batches.append(order[start:start + size])
+        start += size
+    return batches

@@ -180,21 +180,25 @@ IDS = _contract(
 
 
 def embeddings_contract(dim: int) -> Contract:
-    """Embeddings: note id, L2-normalised float32 vector of fixed size, the
-    model that made it and a hash of the exact prompt text it was made from
-    (so a nightly run can reuse vectors of unchanged notes)."""
+    """Embedding store segments (v2): note id, L2-normalised float32 vector of
+    fixed size, the model that made it, a hash of the exact prompt text it was
+    made from (so a nightly run can reuse vectors of unchanged notes) and
+    ``deleted``: true marks a tombstone (a delta segment's deletion of the note;
+    its vector is all zeros and its text_sha256 empty). Base segments hold no
+    tombstones."""
     if dim <= 0:
         raise ValueError(f"embedding dimension must be positive, got {dim}")
     return _contract(
         "embeddings",
-        1,
+        2,
         [
             pa.field("note_id", pa.string(), nullable=False),
             pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
             pa.field("model_id", pa.string(), nullable=False),
             pa.field("text_sha256", pa.string(), nullable=False),
+            pa.field("deleted", pa.bool_(), nullable=False),
         ],
-        "One L2-normalised embedding per note and model.",
+        "One L2-normalised embedding per note and model, or a tombstone.",
     )
 
 

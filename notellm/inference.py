@@ -10,16 +10,20 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from notellm.collator import collate, length_sorted_batches
+from notellm.collator import collate, length_sorted_batches, token_budget_batches
 
 
 @torch.no_grad()
 def embed_notes(encoder, notes: Iterable[Mapping], batch_size: int = 32, autocast_bf16: bool = False,
-                sort_by_length: bool = True, progress=None) -> np.ndarray:
+                sort_by_length: bool = True, progress=None, max_batch_tokens: int | None = None) -> np.ndarray:
     """Embed notes with ``encoder`` (a :class:`notellm.encoder.NoteEncoder`). Returns float32 (n, d).
 
     Notes are sorted by token count and padded per batch, so little compute
-    is spent on padding; the output keeps the input order.
+    is spent on padding; the output keeps the input order. Batches hold
+    ``batch_size`` notes, or with ``max_batch_tokens`` as many notes as fit
+    that many padded tokens (longest prompt x notes), at most ``batch_size``
+    (:func:`notellm.collator.token_budget_batches`): short notes share large
+    batches, long ones small batches, at a steady cost per forward pass.
     """
     notes = list(notes)
     encoded = [encoder.prompts.encode(n, task="category", with_output=False) for n in notes]
@@ -29,7 +33,12 @@ def embed_notes(encoder, notes: Iterable[Mapping], batch_size: int = 32, autocas
     device = encoder.device
     pad = encoder.tokenizer.pad_token_id
     try:
-        for idx in length_sorted_batches([len(e.input_ids) for e in encoded], batch_size, sort_by_length):
+        lengths = [len(e.input_ids) for e in encoded]
+        if max_batch_tokens is not None:
+            batches = token_budget_batches(lengths, max_batch_tokens, batch_size)
+        else:
+            batches = length_sorted_batches(lengths, batch_size, sort_by_length)
+        for idx in batches:
             batch = collate([encoded[i] for i in idx], pad, with_labels=False)
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast_bf16):

@@ -57,7 +57,7 @@ class Layout:
 
     @property
     def embeddings(self) -> str:
-        """EMBEDDINGS store: ``<model_id>/shard-*.parquet``."""
+        """EMBEDDINGS store: ``<model_id>/_store.json`` + ``<model_id>/bNNNNN/<seq>-{base,delta}.parquet``."""
         return self._join("embeddings")
 
     @property

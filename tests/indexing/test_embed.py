@@ -1,20 +1,27 @@
-"""Embedding the corpus: order independence, bf16 vs fp32, resumable shards,
-incremental == full, worker sharding. Tiny random Llama with the real tokenizer."""
+"""Embedding into the bucketed store, in process: batching, precision, what a change writes
+(only a delta in its own bucket), compaction, incremental == full, resuming a full run,
+refused input. Tiny random Llama with the real tokenizer."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 
-from indexing.embed import EmbedConfig, embed_corpus
-from indexing.launch import embed_multiprocess
-from indexing.store import existing_shards, finalize, load_embeddings, make_plan
+from indexing.buckets import bucket_of
+from indexing.config import EmbedConfig
+from indexing.embed import embed_corpus
+from indexing.store import open_store
+from notellm.collator import token_budget_batches
 from notellm.contracts import ContractError, require_success
 from notellm.encoder import NoteEncoder
+from notellm.inference import embed_notes
 from tests.support.notes import make_notes, notes_table, synthetic_note, write_notes
+
+BUCKETS = 16
 
 
 @pytest.fixture(scope="module")
@@ -24,20 +31,30 @@ def encoder(tiny_encoder_dir):
 
 @pytest.fixture(scope="module")
 def notes():
-    return make_notes(32, seed=3)
+    return make_notes(64, seed=3)
 
 
 def cfg(**kw):
-    kw.setdefault("shard_size", 8)
-    kw.setdefault("batch_size", 8)
+    kw.setdefault("num_buckets", BUCKETS)
+    kw.setdefault("max_batch_tokens", 512)
     kw.setdefault("precision", "fp32")
     kw.setdefault("progress", False)
     return EmbedConfig(**kw)
 
 
-def store(tmp_path, encoder, notes):
-    plan, _ = make_plan(notes_table(notes), encoder.config.prompt_config, 1 << 30)
-    return load_embeddings(tmp_path, encoder.config.model_id, encoder.config.dim, plan)
+def stored(root, encoder) -> tuple[list, np.ndarray]:
+    """Every stored vector by note id order."""
+    src = open_store(root, encoder.config.model_id, encoder.config.dim)
+    ids, vecs = zip(*src.batches())
+    ids = [x for a in ids for x in a.to_pylist()]
+    vecs = np.concatenate(vecs)
+    order = np.argsort(ids)
+    return [ids[i] for i in order], vecs[order]
+
+
+def files(root) -> dict:
+    return {p.relative_to(root).as_posix(): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in root.rglob("*.parquet")}
 
 
 def test_length_sorted_equals_unsorted_per_note(encoder, notes):
@@ -50,120 +67,144 @@ def test_length_sorted_equals_unsorted_per_note(encoder, notes):
     np.testing.assert_allclose(np.linalg.norm(sorted_, axis=1), 1.0, atol=1e-5)
 
 
-def test_bf16_autocast_matches_fp32_by_cosine(encoder, notes):
+def test_token_budget_batches_fit_the_budget_and_give_the_same_vectors(encoder, notes):
+    lengths = [5, 50, 7, 50, 20, 3, 120]
+    batches = token_budget_batches(lengths, max_batch_tokens=100, max_batch_notes=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert [list(b) for b in batches] == [[6], [1, 3], [4, 2, 0], [5]]   # longest first, ties in input order
+    assert all(len(b) * max(lengths[i] for i in b) <= 100 or len(b) == 1 for b in batches)
+    budget = embed_notes(encoder, notes, batch_size=64, max_batch_tokens=600)
+    np.testing.assert_allclose(budget, encoder.embed_notes(notes, batch_size=8), atol=2e-5)
+
+
+def test_bf16_autocast_and_bf16_weights_match_fp32_by_cosine(encoder, notes, tiny_encoder_dir):
+    import torch
     fp32 = encoder.embed_notes(notes, batch_size=8, autocast_bf16=False)
     bf16 = encoder.embed_notes(notes, batch_size=8, autocast_bf16=True)
     cosine = (fp32 * bf16).sum(axis=1)
     assert cosine.min() > 0.995, cosine.min()   # the default precision='auto' relies on this
     assert not np.array_equal(fp32, bf16)       # bf16 really ran
+    weights = NoteEncoder.load(tiny_encoder_dir).to(torch.bfloat16)   # what a GPU rank runs (auto)
+    w = weights.embed_notes(notes, batch_size=8)
+    assert w.dtype == np.float32 and (fp32 * w).sum(axis=1).min() > 0.99
 
 
-def test_store_layout_contract_and_success_marker(tmp_path, encoder, notes):
+def test_store_layout_manifest_and_success_marker(tmp_path, encoder, notes):
     stats = embed_corpus(encoder, notes_table(notes), tmp_path, cfg())
     model_dir = tmp_path / encoder.config.model_id
-    assert sorted(p.name for p in model_dir.glob("shard-*.parquet")) == [f"shard-0000{i}.parquet" for i in range(4)]
-    meta = pq.read_schema(model_dir / "shard-00000.parquet").metadata
-    assert meta[b"notellm.contract"] == b"embeddings"
-    assert require_success(model_dir)["notes"] == len(notes)
-    assert (stats.embedded, stats.reused, stats.shards_written) == (32, 0, 4)
-    ids, vecs = store(tmp_path, encoder, notes)
+    buckets = set(bucket_of(pa.array([n["note_id"] for n in notes]), BUCKETS))
+    assert sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*.parquet")) == \
+        [f"b{b:05d}/000000-base.parquet" for b in sorted(buckets)]
+    done = require_success(model_dir)
+    assert done["notes"] == done["vectors"] == 64 and done["reconciles"] and done["num_buckets"] == BUCKETS
+    assert (stats.embedded, stats.reused, stats.buckets_written) == (64, 0, len(buckets))
+    assert done["bytes_written"] == sum((model_dir / f).stat().st_size for f in files(model_dir))
+    ids, vecs = stored(tmp_path, encoder)
     ref = encoder.embed_notes(sorted(notes, key=lambda n: n["note_id"]), batch_size=8)
     assert ids == sorted(n["note_id"] for n in notes)
     np.testing.assert_allclose(vecs, ref, atol=2e-5)
+
+
+def test_insert_delete_and_edit_each_write_one_delta_in_their_own_bucket(tmp_path, encoder, notes):
+    embed_corpus(encoder, notes_table(notes), tmp_path, cfg(compact_fraction=0.9))
+    model_dir = tmp_path / encoder.config.model_id
+    before = files(model_dir)
+    rng = random.Random(7)
+    changed = list(notes)
+    edited, gone = changed[5]["note_id"], changed[40]["note_id"]
+    changed[5] = synthetic_note(5, rng, version=2)
+    del changed[40]
+    changed.append(synthetic_note(1000, rng))
+    changed[10] = dict(changed[10], category="other")        # not in the inference prompt: nothing to do
+    touched = set(bucket_of(pa.array([edited, gone, "n01000"]), BUCKETS))
+    stats = embed_corpus(encoder, notes_table(changed), tmp_path, cfg(compact_fraction=0.9))
+    assert (stats.embedded, stats.deleted, stats.reused) == (2, 1, 63 - 1)
+    after = files(model_dir)
+    assert {k: v for k, v in after.items() if k in before} == before          # nothing rewritten, nothing removed
+    new = sorted(set(after) - set(before))
+    assert [n.split("/")[1] for n in new] == ["000001-delta.parquet"] * len(touched)
+    assert {int(n[1:6]) for n in new} == touched
+    assert stats.bytes_written == sum((model_dir / n).stat().st_size for n in new)
+    ids, _ = stored(tmp_path, encoder)
+    assert gone not in ids and "n01000" in ids and len(ids) == 64
+    again = embed_corpus(encoder, notes_table(changed), tmp_path, cfg(compact_fraction=0.9))
+    assert again.embedded == 0 and again.buckets_written == 0 and files(model_dir) == after   # idempotent
+
+
+def test_compaction_folds_deltas_into_a_new_base(tmp_path, encoder, notes):
+    embed_corpus(encoder, notes_table(notes), tmp_path, cfg(compact_fraction=0.25))
+    model_dir = tmp_path / encoder.config.model_id
+    bucket = int(bucket_of(pa.array([notes[0]["note_id"]]), BUCKETS)[0])
+    same_bucket = [i for i, n in enumerate(notes) if bucket_of(pa.array([n["note_id"]]), BUCKETS)[0] == bucket]
+    changed = [dict(n, title=n["title"] + " edited") if i in same_bucket else n for i, n in enumerate(notes)]
+    stats = embed_corpus(encoder, notes_table(changed), tmp_path, cfg(compact_fraction=0.25))
+    assert stats.compactions == 1 and stats.embedded == len(same_bucket)
+    assert sorted(p.name for p in (model_dir / f"b{bucket:05d}").iterdir()) == ["000001-base.parquet"]
+    ids, vecs = stored(tmp_path, encoder)
+    fresh = tmp_path / "fresh"
+    embed_corpus(encoder, notes_table(changed), fresh, cfg(incremental=False))
+    _, full = stored(fresh, encoder)
+    np.testing.assert_allclose(vecs, full, atol=2e-5)
+
+
+def test_incremental_equals_full_after_mixed_changes(tmp_path, encoder, notes):
+    embed_corpus(encoder, notes_table(notes), tmp_path, cfg())
+    rng = random.Random(11)
+    changed = [synthetic_note(i, rng, version=3) if i % 9 == 0 else n for i, n in enumerate(notes)]
+    del changed[20:26]
+    changed += [synthetic_note(500 + i, rng) for i in range(5)]
+    embed_corpus(encoder, notes_table(changed), tmp_path, cfg())
+    ids, incremental = stored(tmp_path, encoder)
+    full_root = tmp_path / "full"
+    embed_corpus(encoder, notes_table(changed), full_root, cfg(incremental=False))
+    full_ids, full = stored(full_root, encoder)
+    assert ids == full_ids == sorted(n["note_id"] for n in changed)
+    np.testing.assert_allclose(incremental, full, atol=2e-5)
 
 
 class Crash(Exception):
     pass
 
 
-def test_crash_after_k_shards_then_resume_skips_complete_shards(tmp_path, encoder, notes):
-    def crash_after_two(shard):
-        if shard == 1:
-            raise Crash("simulated crash after 2 shards")
-
-    with pytest.raises(Crash):
-        embed_corpus(encoder, notes_table(notes), tmp_path, cfg(incremental=False), after_shard=crash_after_two)
+def test_full_mode_reembeds_everything_and_resumes_its_own_interrupted_run(tmp_path, encoder, notes, monkeypatch):
+    embed_corpus(encoder, notes_table(notes), tmp_path, cfg())
     model_dir = tmp_path / encoder.config.model_id
-    assert sorted(existing_shards(model_dir)) == [0, 1]
-    assert not (model_dir / "_SUCCESS").exists()
-    # Only whole shards exist: each holds exactly its planned rows.
-    assert pq.read_metadata(model_dir / "shard-00001.parquet").num_rows == 8
-    mtimes = {i: p.stat().st_mtime_ns for i, p in existing_shards(model_dir).items()}
+    import indexing.embed as embed_mod
+    real, calls = embed_mod._BucketWriter._embed, []
 
-    stats = embed_corpus(encoder, notes_table(notes), tmp_path, cfg(incremental=False))
-    assert stats.shards_skipped == 2 and stats.shards_written == 2 and stats.embedded == 32 - 16
-    assert all(existing_shards(model_dir)[i].stat().st_mtime_ns == mtimes[i] for i in (0, 1))
-    _, resumed = store(tmp_path, encoder, notes)
-    fresh = tmp_path / "fresh"
-    embed_corpus(encoder, notes_table(notes), fresh, cfg(incremental=False))
-    _, full = store(fresh, encoder, notes)
-    np.testing.assert_array_equal(resumed, full)
+    def crash_on_fourth(self, rows):
+        calls.append(rows.num_rows)
+        if len(calls) == 4:
+            raise Crash("simulated crash in the 4th bucket")
+        return real(self, rows)
 
-
-def test_full_mode_reembeds_everything_from_an_old_run(tmp_path, encoder, notes):
-    embed_corpus(encoder, notes_table(notes), tmp_path, cfg())
-    stats = embed_corpus(encoder, notes_table(notes), tmp_path, cfg(incremental=False))
-    assert stats.embedded == 32 and stats.reused == 0
-
-
-def test_incremental_equals_full_and_costs_only_the_changes(tmp_path, encoder, notes):
-    embed_corpus(encoder, notes_table(notes), tmp_path, cfg())
-    rng = random.Random(7)
-    changed = list(notes)
-    changed[5] = synthetic_note(5, rng, version=2)           # edited note
-    changed[25] = dict(changed[25], hashtags=["new-tag"])      # hashtags are part of the prompt
-    del changed[12:22]                                         # deleted notes
-    changed += [synthetic_note(100, rng)]                      # a new note
-    changed[10] = dict(changed[10], category="other")          # not in the inference prompt: reused
-
-    stats = embed_corpus(encoder, notes_table(changed), tmp_path, cfg())
-    assert stats.embedded == 2 + 1 and stats.reused == len(changed) - 3
-    ids, incremental = store(tmp_path, encoder, changed)
-    assert not {f"n{i:05d}" for i in range(12, 22)} & set(ids)   # deleted notes disappeared
-    # 23 notes -> 3 shards; the old 4th shard is gone, no stale rows left behind.
-    assert sorted(existing_shards(tmp_path / encoder.config.model_id)) == [0, 1, 2]
-
-    full_root = tmp_path / "full"
-    embed_corpus(encoder, notes_table(changed), full_root, cfg(incremental=False))
-    full_ids, full = store(full_root, encoder, changed)
-    assert ids == full_ids
-    np.testing.assert_allclose(incremental, full, atol=2e-5)
-
-    again = embed_corpus(encoder, notes_table(changed), tmp_path, cfg())
-    assert again.embedded == 0 and again.shards_written == 0   # nothing changed: nothing to do
+    monkeypatch.setattr(embed_mod._BucketWriter, "_embed", crash_on_fourth)
+    with pytest.raises(Crash):
+        embed_corpus(encoder, notes_table(notes), tmp_path, cfg(incremental=False))
+    monkeypatch.undo()
+    assert not (model_dir / "_SUCCESS").exists() and (model_dir / "_run.json").exists()
+    with pytest.raises(ContractError, match="not finalised"):
+        open_store(tmp_path, encoder.config.model_id)
+    resumed = embed_corpus(encoder, notes_table(notes), tmp_path, cfg(incremental=False))
+    assert resumed.embedded == 64 - sum(calls[:3]) and resumed.reused == sum(calls[:3])
+    assert not (model_dir / "_run.json").exists()
+    again = embed_corpus(encoder, notes_table(notes), tmp_path, cfg(incremental=False))   # a new full run
+    assert again.embedded == 64 and again.reused == 0
+    assert all(p.name.startswith("000002-base") for p in model_dir.rglob("*.parquet"))   # older segments gone
 
 
-def test_worker_sharding_covers_the_corpus(tmp_path, encoder, notes):
-    table = notes_table(notes)
-    s0 = embed_corpus(encoder, table, tmp_path, cfg(), rank=0, world_size=2)
-    assert not (tmp_path / encoder.config.model_id / "_SUCCESS").exists()   # not finalised by a worker
-    with pytest.raises(ContractError, match="missing or stale"):
-        finalize(tmp_path, encoder.config.model_id, make_plan(table, encoder.config.prompt_config, 8)[0])
-    s1 = embed_corpus(encoder, table, tmp_path, cfg(), rank=1, world_size=2)
-    assert s0.shards_written == 2 and s1.shards_written == 2 and s0.embedded + s1.embedded == 32
-    finalize(tmp_path, encoder.config.model_id, make_plan(table, encoder.config.prompt_config, 8)[0])
-    _, vecs = store(tmp_path, encoder, notes)
-    ref = encoder.embed_notes(sorted(notes, key=lambda n: n["note_id"]), batch_size=8)
-    np.testing.assert_allclose(vecs, ref, atol=2e-5)
-
-
-def test_duplicate_note_ids_are_refused(tmp_path, encoder, notes):
-    with pytest.raises(ContractError, match="duplicate note id"):
-        embed_corpus(encoder, notes_table(notes + [notes[0]]), tmp_path, cfg())
-
-
-def test_stale_store_is_refused_by_the_reader(tmp_path, encoder, notes):
-    embed_corpus(encoder, notes_table(notes), tmp_path, cfg())
-    edited = [dict(notes[0], title="something else")] + notes[1:]
-    with pytest.raises(ContractError, match="stale vectors"):
-        store(tmp_path, encoder, edited)
-
-
-@pytest.mark.slow
-def test_multiprocess_cpu_workers(tmp_path, encoder, notes, tiny_encoder_dir):
-    notes_path = write_notes(notes[:12], tmp_path / "notes" / "notes.parquet")
-    stats = embed_multiprocess(tiny_encoder_dir, notes_path, tmp_path / "emb", cfg(shard_size=3), num_procs=2)
-    assert stats["embedded"] == 12 and stats["shards_written"] == 4
-    _, vecs = store(tmp_path / "emb", encoder, notes[:12])
-    ref = encoder.embed_notes(sorted(notes[:12], key=lambda n: n["note_id"]), batch_size=8)
-    np.testing.assert_allclose(vecs, ref, atol=2e-5)
+def test_bad_input_is_refused_naming_file_and_field(tmp_path, encoder, notes):
+    path = write_notes(notes + [dict(notes[3], title="again")], tmp_path / "dup" / "notes.parquet")
+    with pytest.raises(ContractError, match=r"dup/notes.parquet: column 'note_id': 1 duplicate note id\(s\), "
+                                            r"e.g. \['n00003'\]"):
+        embed_corpus(encoder, path, tmp_path / "emb", cfg())
+    table = notes_table(notes).set_column(0, "note_id", pa.array([None] + [n["note_id"] for n in notes[1:]]))
+    import pyarrow.parquet as pq
+    pq.write_table(table, tmp_path / "null.parquet")
+    with pytest.raises(ContractError, match=r"null.parquet: column 'note_id': 1 null value"):
+        embed_corpus(encoder, tmp_path / "null.parquet", tmp_path / "emb", cfg())
+    with pytest.raises(ContractError, match="does not exist"):
+        embed_corpus(encoder, tmp_path / "nope.parquet", tmp_path / "emb", cfg())
+    embed_corpus(encoder, notes_table(notes), tmp_path / "emb", cfg())
+    with pytest.raises(ContractError, match="has 16 buckets, 32 were asked"):
+        embed_corpus(encoder, notes_table(notes), tmp_path / "emb", cfg(num_buckets=32))
