@@ -176,8 +176,6 @@ def embed_store(model_dir: str | os.PathLike, notes_path: str | os.PathLike, emb
     return _spawn(str(model_dir), str(notes_path), str(emb_root), config, num_procs)
 
 
-embed_multiprocess = embed_store   # transitional name (indexing.pipeline); remove once it calls embed_store
-
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -354,32 +354,3 @@ def open_store(emb_root: str | os.PathLike, model_id: str, dim: int | None = Non
         raise ContractError(str(model_dir / STATS_FILE), "vectors", "no vector count for this store's buckets")
     return StoreSource(info, stats)
 
-
-# ---------------------------------------------------------------- transitional (remove once indexing.pipeline
-# reads through open_store): the old whole-corpus API on top of the new store
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    note_ids: list
-    fingerprints: list
-
-
-def make_plan(notes: pa.Table, prompt_config, shard_size: int | None = None) -> tuple[Plan, pa.Table]:
-    from notellm.prompts import note_fingerprint
-    notes = notes.sort_by("note_id")
-    rows = notes.select(["title", "content", "hashtags"]).to_pylist()
-    return Plan(notes.column("note_id").to_pylist(), [note_fingerprint(r, prompt_config) for r in rows]), notes
-
-
-def load_embeddings(emb_root, model_id: str, dim: int, plan: Plan | None = None) -> tuple[list, np.ndarray]:
-    """Every vector in note_id order; with ``plan`` the store must hold exactly its notes."""
-    source = open_store(emb_root, model_id, dim)
-    parts = list(source.batches())
-    ids = pa.concat_arrays([p[0] for p in parts]) if parts else pa.array([], pa.string())
-    order = pc.sort_indices(ids).to_numpy()
-    vecs = np.concatenate([p[1] for p in parts])[order] if parts else np.zeros((0, dim), np.float32)
-    ids = ids.take(pa.array(order)).to_pylist()
-    if plan is not None and ids != plan.note_ids:
-        raise ContractError(str(source.info.model_dir), "note_id", "store does not match the notes: run embed")
-    return ids, vecs

@@ -208,3 +208,18 @@ def test_bad_input_is_refused_naming_file_and_field(tmp_path, encoder, notes):
     embed_corpus(encoder, notes_table(notes), tmp_path / "emb", cfg())
     with pytest.raises(ContractError, match="has 16 buckets, 32 were asked"):
         embed_corpus(encoder, notes_table(notes), tmp_path / "emb", cfg(num_buckets=32))
+
+
+def test_external_workers_without_a_group_then_finalize(tmp_path, encoder, notes, tiny_encoder_dir):
+    from indexing.launch import finalize_from_notes
+    path = write_notes(notes, tmp_path / "notes.parquet")
+    s0 = embed_corpus(encoder, path, tmp_path / "emb", cfg(), rank=0, world_size=2)
+    model_dir = tmp_path / "emb" / encoder.config.model_id
+    assert not (model_dir / "_SUCCESS").exists()                 # a worker never finalises
+    with pytest.raises(ContractError, match=r"bucket\(s\) missing or stale"):
+        finalize_from_notes(tiny_encoder_dir, path, tmp_path / "emb")
+    s1 = embed_corpus(encoder, path, tmp_path / "emb", cfg(), rank=1, world_size=2)
+    assert s0.embedded + s1.embedded == 64 and s0.buckets == s1.buckets == BUCKETS // 2
+    done = finalize_from_notes(tiny_encoder_dir, path, tmp_path / "emb")
+    assert done["vectors"] == 64 and done["finalized_by"] == "embed --finalize"
+    assert open_store(tmp_path / "emb", encoder.config.model_id).num_vectors == 64
