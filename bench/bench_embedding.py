@@ -8,13 +8,17 @@ machine in one run:
 
 * naive: fp32, unsorted batches of 32 padded to the corpus' maximum prompt length;
 * length-sorted fp32 (dynamic padding only);
-* the project's embedder (``indexing.embed.embed_corpus``: length-sorted, dynamic
-  padding, precision 'auto': bf16 only with native CPU bf16), full run over ``--notes`` notes;
-* an incremental run after 1% of the notes changed, versus the full run.
+* token-budget batches (``notellm.inference.embed_notes(max_batch_tokens=...)``:
+  longest prompts first, as many notes per batch as fit the padded-token budget)
+  in fp32 and with the project's precision ('auto': bf16 autocast with native CPU bf16);
+* the project's embedder (``indexing.embed.embed_corpus`` with the default
+  ``EmbedConfig``: token budget, precision auto, per-bucket batches), a full
+  run over ``--notes`` notes into a fresh store.
 
 Throughput is notes/s of model time; the model's projection is random (speed
-does not depend on training). Also reports the bf16-vs-fp32 cosine. One JSON
-result line (notellm.cli contract); ``{"skipped": ...}`` when the data is absent.
+does not depend on training). Also reports the bf16-vs-fp32 cosine. The
+incremental run is ``bench/bench_embed_incremental.py``. One JSON result line
+(notellm.cli contract); ``{"skipped": ...}`` when the data is absent.
 """
 
 from __future__ import annotations
@@ -80,13 +84,14 @@ def run(args: BenchEmbeddingConfig, timer: cli.Timer) -> dict:
     from notellm.backbone import ensure_default_backbone
     from notellm.contracts import NOTES, read_table
     from notellm.encoder import NoteEncoder
+    from notellm.inference import embed_notes
+    from notellm.precision import cpu_has_native_bf16, use_bf16
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-embed-"))
     convert(DATA, work / "se", SITES)
     notes_tab = read_table(work / "se" / "notes" / "notes.parquet", NOTES)
-    rng = random.Random(0)
     rows = notes_tab.to_pylist()
-    rng.shuffle(rows)
+    random.Random(0).shuffle(rows)
     rows = rows[:args.notes]
     table = pa.Table.from_pylist(rows, schema=NOTES.arrow_schema)
 
@@ -109,26 +114,34 @@ def run(args: BenchEmbeddingConfig, timer: cli.Timer) -> dict:
     cos_bf16 = (sorted_fp32 * sorted_bf16).sum(1)
     cos_naive = (sorted_fp32 * naive).sum(1)
 
-    cfg = EmbedConfig(incremental=False, progress=False)      # defaults: precision auto, shard 2048, batch 32
+    cfg = EmbedConfig(incremental=False, progress=False)      # the defaults: token budget, precision auto
+    auto_bf16 = use_bf16(cfg.precision, "cpu")
+    timed = {}
+    for name, bf16 in (("budget_fp32", False), ("budget_auto", auto_bf16)):
+        t = time.perf_counter()
+        out = embed_notes(enc, ref, batch_size=cfg.max_batch_notes, max_batch_tokens=cfg.max_batch_tokens,
+                          autocast_bf16=bf16)
+        timed[name] = (len(ref) / (time.perf_counter() - t), out)
     full = embed_corpus(enc, table, work / "emb", cfg)
-    changed = list(rows)
-    k = max(1, len(rows) // 100)
-    for i in rng.sample(range(len(rows)), k):
-        changed[i] = dict(changed[i], title=changed[i]["title"] + " (edited)")
-    inc = embed_corpus(enc, pa.Table.from_pylist(changed, schema=NOTES.arrow_schema), work / "emb",
-                       EmbedConfig(incremental=True, progress=False))
+    naive_rate = len(ref) / naive_s
     result = {
         "notes_full": len(rows), "reference_notes": len(ref), "prompt_tokens_mean": float(np.mean(lengths)),
         "prompt_tokens_max": int(width), "padding_share_naive": float(1 - np.mean(lengths) / width),
-        "naive_fp32_fixed_pad_notes_per_s": len(ref) / naive_s,
-        "sorted_fp32_notes_per_s": len(ref) / sorted_s,
-        "sorted_bf16_notes_per_s": len(ref) / bf16_s,
+        "max_batch_tokens": cfg.max_batch_tokens, "max_batch_notes": cfg.max_batch_notes,
+        "cpu_native_bf16": cpu_has_native_bf16(), "auto_means_bf16": auto_bf16,
+        "naive_fp32_fixed_pad_notes_per_s": naive_rate,
+        "sorted_fp32_b32_notes_per_s": len(ref) / sorted_s,
+        "sorted_bf16_b32_notes_per_s": len(ref) / bf16_s,
+        "budget_fp32_notes_per_s": timed["budget_fp32"][0],
+        "budget_auto_notes_per_s": timed["budget_auto"][0],
+        "ratio_budget_fp32_vs_naive": timed["budget_fp32"][0] / naive_rate,
+        "ratio_budget_auto_vs_naive": timed["budget_auto"][0] / naive_rate,
         "project_full_run_notes_per_s": full.notes_per_s,
-        "ratio_project_vs_naive": full.notes_per_s / (len(ref) / naive_s),
+        "ratio_project_vs_naive": full.notes_per_s / naive_rate,
         "cosine_bf16_vs_fp32_min": float(cos_bf16.min()), "cosine_bf16_vs_fp32_mean": float(cos_bf16.mean()),
         "cosine_naive_vs_sorted_min": float(cos_naive.min()),
-        "full_run_s": full.seconds, "incremental_changed": k, "incremental_embedded": inc.embedded,
-        "incremental_run_s": inc.seconds, "incremental_vs_full": inc.seconds / full.seconds,
+        "cosine_budget_auto_vs_fp32_min": float((timed["budget_auto"][1] * sorted_fp32).sum(1).min()),
+        "full_run_s": full.seconds, "full_run_embedded": full.embedded,
         "torch_threads": torch.get_num_threads(),
     }
     return {k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()}
