@@ -79,7 +79,7 @@ def _build(cfg: LoadConfig, seed: int):
 
     ids = [f"note-{i:08d}" for i in range(cfg.n)]
     x = clustered_vectors(cfg.n, cfg.d, clusters=1000, seed=seed)
-    built = build_index(ids, x, IndexConfig(index_type=cfg.index_type))
+    built = build_index((ids, x), IndexConfig(index_key=cfg.index_type))
     return ids, built, content_digest(ids, x)
 
 

@@ -4,10 +4,10 @@
 
 Builds (or reuses, keyed by type / n / d under ``--work-dir``) a snapshot published by
 ``indexing.publish`` exactly as the nightly job does, over N synthetic clustered vectors
-(``tests.support.notes.clustered_vectors``, 1000 centres, d=128) with sorted ids ``note-000000042``.
+(``tests.support.vectors.ClusteredSource``: 1000 centres, d=128, generated block by block) with ids ``n000000042``.
 Each measurement runs in a fresh spawned process, so its RSS is its own: ``Snapshot.open`` with
 ``verify=False`` and ``mmap=True`` / ``mmap=False``, then the streaming verification pass
-(``verify_files``) alone, and the open's parts (index read, ids read, sorted-id index). With
+(``verify_files``) alone, and the open's parts (index read, the memory-mapped id lookup). With
 ``--cold`` (default) the snapshot's pages are dropped from the page cache before each measurement
 (``posix_fadvise(DONTNEED)``, no root needed; best effort). The issue's goal: opening a 10^7-vector
 snapshot takes <= 2 s before verification. One JSON result line (notellm.cli contract); the median
@@ -35,7 +35,7 @@ from notellm.config import ConfigError, option  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-TYPES = ("flat", "ivf", "hnsw")
+TYPES = ("flat", "ivf", "sq8", "pq", "hnsw")
 MODEL = {"model_id": "bench0000snapshot", "path": "/nonexistent/bench-model", "template_version": "bench"}
 
 
@@ -48,6 +48,8 @@ class BenchSnapshotOpenConfig:
     index_type: str = option("flat", choices=TYPES, help="index type of the snapshot")
     work_dir: Path = option(REPO / "var" / "bench" / "snapshot_open",
                             help="where snapshots are built and reused (one per type / n / d)")
+    nlist: int | None = option(None, help="IVF lists (null: the build's default, 4 sqrt(n))")
+    train_per_list: int = option(64, help="IVF training vectors per list (30..256)")
     rebuild: bool = option(False, help="build the snapshot again even when one exists")
     repeats: int = option(3, help="runs per measurement (median reported)")
     cold: bool = option(True, help="drop the snapshot's pages from the page cache before each run")
@@ -69,9 +71,9 @@ def ensure_snapshot(args: BenchSnapshotOpenConfig) -> tuple[Path, bool, float | 
     import faiss
 
     from indexing.build import IndexConfig, build_index
-    from indexing.publish import content_digest, publish
+    from indexing.publish import publish
     from indexing.snapshot import SnapshotError, current_name, read_manifest, snapshots_dir
-    from tests.support.notes import clustered_vectors
+    from tests.support.vectors import ClusteredSource
 
     root = snapshot_root(args)
     try:
@@ -82,12 +84,10 @@ def ensure_snapshot(args: BenchSnapshotOpenConfig) -> tuple[Path, bool, float | 
         pass
     faiss.omp_set_num_threads(args.threads)
     t0 = time.perf_counter()
-    x = clustered_vectors(args.n, args.d, clusters=1000, noise=0.5, seed=args.n)
-    ids = [f"note-{i:09d}" for i in range(args.n)]
-    built = build_index(ids, x, IndexConfig(index_type=args.index_type))
-    digest = content_digest(ids, x)
-    del x
-    publish(root, built, date="2026-01-01", model=MODEL, content_sha256=digest, metrics={"bench": True}, keep=1)
+    source = ClusteredSource(args.n, args.d, clusters=1000, noise=0.5, seed=args.n)   # streamed, never one matrix
+    built = build_index(source, IndexConfig(index_key=args.index_type, nlist=args.nlist,
+                                            train_per_list=args.train_per_list))
+    publish(root, built, date="2026-01-01", model=MODEL, metrics={"bench": True}, keep=1)
     return root, False, time.perf_counter() - t0
 
 
@@ -123,10 +123,9 @@ def measure(root: str, what: str, cold: bool, threads: int) -> dict:
     import faiss
     import numpy as np
 
+    from indexing.note_ids import NoteIdIndex
     from indexing.snapshot import (
-        IDS_FILE,
         INDEX_FILE,
-        NoteIdIndex,
         Snapshot,
         current_name,
         read_index_file,
@@ -134,7 +133,6 @@ def measure(root: str, what: str, cold: bool, threads: int) -> dict:
         snapshots_dir,
         verify_files,
     )
-    from notellm.contracts import IDS, read_table
 
     faiss.omp_set_num_threads(threads)
     _warm_up_arrow()
@@ -163,11 +161,8 @@ def measure(root: str, what: str, cold: bool, threads: int) -> dict:
         read_index_file(snap_dir / INDEX_FILE, mmap=True)
         out["read_index_mmap_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        table = read_table(snap_dir / IDS_FILE, IDS)
-        out["read_ids_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        NoteIdIndex(table.column("note_id"), "ids")
-        out["id_index_s"] = time.perf_counter() - t
+        NoteIdIndex.load(snap_dir)
+        out["id_lookup_mmap_s"] = time.perf_counter() - t
     out["peak_rss_mb"] = _status_mb("VmHWM")
     out["rss_baseline_mb"] = before
     return out

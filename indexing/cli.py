@@ -14,8 +14,8 @@ The command contract is :mod:`notellm.cli`'s: exactly one JSON result line on
 stdout (``command``, ``status``, ``timings_s`` and the command's fields; the
 hits of neighbors / search are a list under ``results``), logs on stderr, exit
 0 ok, 2 bad input (contract, snapshot or settings error), 3 quality gate
-refused. ``-k N`` and ``--full`` are kept as spellings of ``--k N`` and
-``--no-incremental``.
+refused. ``-k N``, ``--full`` and ``--index-type`` are kept as spellings of
+``--k N``, ``--no-incremental`` and ``--index-key``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from notellm import cli
 log = logging.getLogger(__name__)
 
 PROG = "python -m indexing.cli"
-ALIASES = {"-k": "--k", "--full": "--no-incremental"}
+ALIASES = {"-k": "--k", "--full": "--no-incremental", "--index-type": "--index-key"}
 
 
 def _bad_input(fn):
@@ -119,11 +119,12 @@ def cmd_build(cfg: BuildArgs, timer: cli.Timer) -> dict:
     from notellm.files import atomic_path, atomic_write_json
     model_dir = pipeline.resolve_model_dir(cfg.model, cfg.models_root)
     with timer.phase("load"):
-        _, ids, vecs, enc = pipeline.load_corpus_vectors(model_dir, cfg.notes, cfg.emb_root)
+        source, enc = pipeline.open_corpus(model_dir, cfg.emb_root)
     with timer.phase("build"):
-        built = build.build_index(ids, vecs, pick(IndexConfig, cfg))
-    info = {"out": str(cfg.out), "model_id": enc.model_id, "num_vectors": len(ids), "index": built.description,
-            "build_seconds": round(built.build_seconds, 3), "on_gpu": built.on_gpu}
+        built = build.build_index(source, pick(IndexConfig, cfg))
+    info = {"out": str(cfg.out), "model_id": enc.model_id, "num_vectors": source.num_vectors,
+            "index": built.description, "content_sha256": built.content_sha256,
+            "build_seconds": round(built.build_seconds, 3), "phases_s": built.phases, "on_gpu": built.on_gpu}
     with timer.phase("write"):
         with atomic_path(cfg.out / "index.faiss") as tmp:
             faiss.write_index(built.index, str(tmp))
@@ -139,7 +140,8 @@ def cmd_publish(cfg: PublishArgs, timer: cli.Timer) -> dict:
     from indexing import pipeline
     model_dir = pipeline.resolve_model_dir(cfg.model, cfg.models_root)
     config = pipeline.NightlyConfig(embed=pick(EmbedConfig, cfg), index=pick(IndexConfig, cfg),
-                                    gate=pick(GateConfig, cfg), keep=cfg.keep, num_procs=cfg.num_procs)
+                                    gate=pick(GateConfig, cfg), keep=cfg.keep, num_procs=cfg.num_procs,
+                                    run_embed=cfg.embed)
     date = dt.date.fromisoformat(cfg.date) if cfg.date else pipeline.today()
     return pipeline.run_nightly(notes_path=cfg.notes, model_dir=model_dir, emb_root=cfg.emb_root,
                                 snapshot_root=cfg.snapshot_root, date=date, config=config,

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from pathlib import Path
 
 from notellm.config import ConfigError, option
 from notellm.precision import PRECISIONS
-
-INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 
 
 class Settings:
@@ -88,29 +87,62 @@ class EmbedConfig(Settings):
 
 @dataclasses.dataclass
 class IndexConfig(Settings):
-    """Index key and search parameters (see :mod:`indexing.build`)."""
+    """Index key and search parameters, as data (see :mod:`indexing.index_key`, :mod:`indexing.build`)."""
 
-    index_type: str = option("auto", choices=INDEX_TYPES,
-                             help="auto = exact flat index up to --flat-max vectors, IVF above; hnsw only when asked")
-    flat_max: int = option(100_000, help="largest corpus the auto type serves with an exact flat index")
-    hnsw_m: int = option(32, help="HNSW graph degree M")
+    index_key: str = option("auto", help="auto = the most accurate index that fits --max-index-memory (exact Flat "
+                                         "up to --flat-max vectors); a shorthand (flat, ivf, sq8, pq, hnsw); or "
+                                         "any FAISS index_factory string, e.g. 'IVF4096_HNSW32,SQ8'")
+    max_index_memory: str = option("16GB", help="memory budget of the index a service holds (bytes, or with a "
+                                                "KB/MB/GB/TB suffix, 1 GB = 2^30 bytes): auto picks the most "
+                                                "accurate key whose estimate fits; an explicit key over it is "
+                                                "refused")
+    flat_max: int = option(100_000, help="largest corpus the auto key serves with an exact Flat index")
+    hnsw_m: int = option(32, help="HNSW graph degree M (HNSW keys and the IVF coarse quantizer)")
     hnsw_ef_construction: int = option(40, help="HNSW efConstruction")
-    nlist: int | None = option(None, help="IVF lists (null: 4 * sqrt(n))")
-    train_per_list: int = option(64, help="IVF training sample size per list (sample = train_per_list * nlist)")
+    nlist: int | None = option(None, help="IVF lists (null: 4 * sqrt(n), at most n / 39)")
+    train_per_list: int = option(64, help="IVF training sample per list, 30..256 (the sample is train_per_list "
+                                          "* nlist vectors, the FAISS guideline)")
+    add_batch: int = option(65_536, help="vectors streamed from the store into the index per add() call")
     tune_recall: float = option(0.97, help="recall@tune_k vs exact search that nprobe / efSearch tuning aims for; "
                                            "a bit above the gate's min_ann_recall so the gate has slack")
     tune_k: int = option(100, help="K of the tuning recall")
-    tune_queries: int = option(200, help="sampled corpus vectors used as tuning queries")
-    gpu: bool = option(True, help="train and fill flat / IVF indexes on all GPUs when FAISS sees any "
-                                  "(--no-gpu: CPU); HNSW always builds on CPU")
+    tune_queries: int = option(200, help="sampled corpus vectors used as tuning queries (their exact neighbours "
+                                         "come from one streamed pass over the corpus)")
+    gpu: bool = option(True, help="with GPUs visible to FAISS: k-means training and coarse assignment on all "
+                                  "GPUs, centroids sharded over them (--no-gpu: CPU); encoding stays on CPU")
     seed: int = option(1234, help="seed of the IVF training sample, k-means and the tuning queries")
 
     def _check(self) -> None:
-        if self.index_type not in INDEX_TYPES:
-            raise ConfigError(f"index_type must be one of {INDEX_TYPES}, got {self.index_type!r}")
-        _positive(self, "flat_max", "hnsw_m", "hnsw_ef_construction", "nlist", "train_per_list", "tune_k",
-                  "tune_queries")
+        from indexing.index_key import check_key  # FAISS-free; a misspelt key is refused before any work
+        check_key(self.index_key)
+        parse_bytes(self.max_index_memory)
+        _positive(self, "flat_max", "hnsw_m", "hnsw_ef_construction", "nlist", "tune_k", "tune_queries",
+                  "add_batch")
+        if not 30 <= self.train_per_list <= 256:
+            raise ConfigError(f"train_per_list must lie in 30..256 (FAISS guideline), got {self.train_per_list}")
         _fraction(self, "tune_recall")
+
+    @property
+    def memory_budget(self) -> int:
+        return parse_bytes(self.max_index_memory)
+
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+          "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"1GB"`` -> 2^30; plain integers are bytes. ConfigError on anything else."""
+    if isinstance(text, int):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+        if not m or m.group(2).upper() not in _UNITS:
+            raise ConfigError(f"max_index_memory {text!r} is not a size like 512MB, 16GB or 1073741824")
+        value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if value <= 0:
+        raise ConfigError(f"max_index_memory must be positive, got {text!r}")
+    return value
 
 
 @dataclasses.dataclass
@@ -220,6 +252,8 @@ class PublishArgs(SnapshotArgs, RetentionConfig, GateConfig, IndexConfig, EmbedC
     """Embed + build + gate + publish in one go (the nightly DAG task)."""
 
     num_procs: int = option(1, help="local embedding worker processes (one per GPU, or CPU)")
+    embed: bool = option(True, help="embed first; --no-embed indexes the finalised store as an earlier "
+                                    "`embed` (e.g. under torchrun on all GPUs) left it")
     date: str | None = option(None, help="snapshot date YYYY-MM-DD (default: today, UTC)")
     test_pairs: Path | None = option(None, help="PAIRS Parquet (file or dt= folder) for the related-note "
                                                 "Recall@K gate; needs --pool")

@@ -14,6 +14,11 @@
    (same sha256 of pairs + pool); otherwise it is recomputed from the live
    snapshot's stored vectors of the pool notes.
 
+Both work from samples of the corpus and the streamed store, never an extra full
+copy of the vectors: the ANN queries are picked in one pass and their exact
+neighbours computed in another (:func:`indexing.exact.exact_knn`); the related
+recall reads only the vectors of the pool and query notes (``source.take``).
+
 A failing gate raises :class:`GateFailed`; nothing is published and CURRENT
 stays where it was.
 """
@@ -24,8 +29,10 @@ import logging
 
 import numpy as np
 
-from indexing.build import BuiltIndex, exact_neighbors, normalize, recall_vs_exact, sample_rows
+from indexing.build import BuiltIndex
 from indexing.config import GateConfig
+from indexing.exact import exact_knn, normalize, recall_vs_exact, sample_rows
+from indexing.source import VectorSource, take_rows
 from notellm.cli import GateRefused
 from notellm.metrics import recall_at_k, test_set_fingerprint
 
@@ -37,14 +44,34 @@ class GateFailed(GateRefused):
     (the command contract maps it to exit 3, gate refused: not worth a retry)."""
 
 
-def ann_recall(built: BuiltIndex, vectors: np.ndarray, config: GateConfig) -> dict:
-    x = normalize(vectors)
-    n = x.shape[0]
+def ann_recall(built: BuiltIndex, source: VectorSource, config: GateConfig) -> dict:
+    n = source.num_vectors
     k = max(1, min(config.ann_k, n))
-    q = x[sample_rows(n, config.ann_queries, config.gate_seed)]  # a different sample than tuning used
-    exact = exact_neighbors(x, q, k)
+    q = normalize(take_rows(source, sample_rows(n, config.ann_queries, config.gate_seed)))  # not the tuning sample
+    exact = exact_knn(source, q, k)[1]
     approx = built.index.search(q, k)[1]
     return {"k": k, "queries": int(len(q)), "recall": float(recall_vs_exact(approx, exact))}
+
+
+def sample_vectors(source: VectorSource, note_ids: list) -> tuple[list, np.ndarray]:
+    """(ids found, their vectors) of ``note_ids``: ``source.take`` when the source has it (the
+    store reads only the buckets concerned), else one streamed pass keeping the wanted rows."""
+    wanted = list(dict.fromkeys(note_ids))
+    if hasattr(source, "take"):
+        return source.take(wanted)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    keep = pa.array(wanted, pa.string())
+    found, vecs = [], []
+    for ids, batch in source.batches():
+        mask = pc.is_in(ids, value_set=keep).to_numpy(zero_copy_only=False)
+        if mask.any():
+            found += ids.filter(pa.array(mask)).to_pylist()
+            vecs.append(batch[mask])
+    order = {nid: i for i, nid in enumerate(found)}
+    rows = [order[w] for w in wanted if w in order]
+    stacked = np.concatenate(vecs) if vecs else np.zeros((0, source.dim), np.float32)
+    return [found[r] for r in rows], stacked[rows]
 
 
 def related_recall(note_ids: list, vectors: np.ndarray, pairs: list, pool_ids: list, ks) -> dict:
@@ -71,23 +98,25 @@ def related_recall(note_ids: list, vectors: np.ndarray, pairs: list, pool_ids: l
     return result
 
 
-def run_gate(built: BuiltIndex, note_ids: list, vectors: np.ndarray, config: GateConfig = GateConfig(),
+def run_gate(built: BuiltIndex, source: VectorSource, config: GateConfig = GateConfig(),
              pairs: list | None = None, pool_ids: list | None = None, live=None) -> dict:
     """Evaluate the gate; return the metrics for the manifest or raise GateFailed.
 
     ``live`` is the currently published :class:`indexing.snapshot.Snapshot` (or None).
     """
-    metrics: dict = {"ann": ann_recall(built, vectors, config)}
+    metrics: dict = {"ann": ann_recall(built, source, config)}
     ann = metrics["ann"]
     if ann["recall"] < config.min_ann_recall:
         raise GateFailed(f"ANN recall@{ann['k']} vs exact search is {ann['recall']:.4f} < "
-                         f"{config.min_ann_recall} ({built.index_type} {built.params}); not publishing",
+                         f"{config.min_ann_recall} ({built.key}, {built.search_params or 'no search parameters'}); not "
+                         "publishing (a larger max_index_memory allows a more accurate index)",
                          {"metrics": metrics})
     if pairs:
         if not pool_ids:
             raise ValueError("test pairs given without a test pool")
         ks = tuple(sorted(set(config.recall_ks) | {config.recall_k}))
-        rel = related_recall(note_ids, normalize(vectors), pairs, pool_ids, ks)
+        test_ids, test_vecs = sample_vectors(source, list(pool_ids) + [q for q, _ in pairs])
+        rel = related_recall(test_ids, normalize(test_vecs), pairs, pool_ids, ks)
         digest = test_set_fingerprint(pairs, pool_ids)
         rel["test_set_sha256"] = digest
         metrics["related_recall"] = {"recall": {str(k): v for k, v in rel["recall"].items()},

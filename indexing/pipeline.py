@@ -13,12 +13,11 @@ import pyarrow.compute as pc
 
 from indexing.build import build_index
 from indexing.config import EmbedConfig, GateConfig, IndexConfig
-from indexing.embed import embed_corpus
 from indexing.gate import run_gate
-from indexing.launch import embed_multiprocess
-from indexing.publish import DEFAULT_KEEP, content_digest, publish
+from indexing.launch import embed_store
+from indexing.publish import DEFAULT_KEEP, publish
 from indexing.snapshot import Snapshot, SnapshotError, current_name
-from indexing.store import load_embeddings, make_plan
+from indexing.store import StoreSource, open_store
 from notellm.contracts import NOTES, PAIRS, POOL, read_table
 
 log = logging.getLogger(__name__)
@@ -38,12 +37,14 @@ def resolve_model_dir(model: str | os.PathLike | None, models_root: str | os.Pat
 
 
 def load_encoder(model_dir: Path):
+    """The encoder on this process's device: ``cuda:LOCAL_RANK`` when CUDA exists (so torchrun ranks
+    spread over the GPUs), else CPU."""
     import torch
 
     from notellm.encoder import NoteEncoder
     encoder = NoteEncoder.load(model_dir)
     if torch.cuda.is_available():
-        encoder.to("cuda")
+        encoder.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}")
     return encoder
 
 
@@ -58,10 +59,12 @@ def read_test_set(pairs_path, pool_path) -> tuple[list | None, list | None]:
             pool.column("note_id").to_pylist())
 
 
-def notes_window(notes) -> dict:
-    if notes.num_rows == 0:
+def notes_window(notes_path) -> dict:
+    """First and last ``created_at`` day of the notes, from one projected column."""
+    created = read_table(notes_path, NOTES, columns=["created_at"]).column("created_at")
+    if len(created) == 0:
         return {"start": None, "end": None}
-    lo, hi = pc.min_max(notes.column("created_at")).values()
+    lo, hi = pc.min_max(created).values()
     return {"start": lo.as_py().date().isoformat(), "end": hi.as_py().date().isoformat()}
 
 
@@ -72,25 +75,18 @@ class NightlyConfig:
     gate: GateConfig = dataclasses.field(default_factory=GateConfig)
     keep: int = DEFAULT_KEEP
     num_procs: int = 1
+    run_embed: bool = True        # False: index the store as the embed step (e.g. torchrun) left it
 
 
-def run_embed(model_dir: Path, notes_path, emb_root, config: EmbedConfig, num_procs: int = 1,
-              rank: int = 0, world_size: int = 1) -> dict:
-    if num_procs > 1:
-        return embed_multiprocess(model_dir, notes_path, emb_root, config, num_procs)
-    encoder = load_encoder(model_dir)
-    notes = read_table(notes_path, NOTES)
-    return embed_corpus(encoder, notes, emb_root, config, rank=rank, world_size=world_size).as_dict()
+def run_embed(model_dir: Path, notes_path, emb_root, config: EmbedConfig, num_procs: int = 1) -> dict:
+    return embed_store(model_dir, notes_path, emb_root, config, num_procs)
 
 
-def load_corpus_vectors(model_dir: Path, notes_path, emb_root):
-    """(notes table sorted by note_id, note ids, vectors, encoder config) with a full coverage check."""
+def open_corpus(model_dir: Path, emb_root) -> tuple[StoreSource, object]:
+    """(the finalised store of the model as a stream, its encoder config)."""
     from notellm.encoder import SIDECAR, EncoderConfig
-    enc = EncoderConfig.from_json(model_dir / SIDECAR)
-    notes = read_table(notes_path, NOTES)
-    plan, notes = make_plan(notes, enc.prompt_config, 1 << 30)
-    ids, vecs = load_embeddings(emb_root, enc.model_id, enc.dim, plan)
-    return notes, ids, vecs, enc
+    enc = EncoderConfig.from_json(Path(model_dir) / SIDECAR)
+    return open_store(emb_root, enc.model_id, enc.dim), enc
 
 
 def run_nightly(*, notes_path, model_dir: Path, emb_root, snapshot_root, date, config: NightlyConfig = NightlyConfig(),
@@ -103,25 +99,32 @@ def run_nightly(*, notes_path, model_dir: Path, emb_root, snapshot_root, date, c
     """
     phase = timer.phase if timer is not None else (lambda name: contextlib.nullcontext())
     model_dir = Path(model_dir)
-    with phase("embed"):
-        embed_stats = run_embed(model_dir, notes_path, emb_root, config.embed, config.num_procs)
+    embed_stats = None
+    if config.run_embed:
+        with phase("embed"):
+            embed_stats = run_embed(model_dir, notes_path, emb_root, config.embed, config.num_procs)
     with phase("load"):
-        notes, ids, vecs, enc = load_corpus_vectors(model_dir, notes_path, emb_root)
+        source, enc = open_corpus(model_dir, emb_root)
         pairs, pool = read_test_set(pairs_path, pool_path)
         live = _live_snapshot(snapshot_root)
     with phase("build"):
-        built = build_index(ids, vecs, config.index)
+        built = build_index(source, config.index)
     with phase("gate"):
-        metrics = run_gate(built, ids, vecs, config.gate, pairs, pool, live)
-    metrics["embed"] = {k: embed_stats[k] for k in ("notes", "embedded", "reused", "notes_per_s")}
+        metrics = run_gate(built, source, config.gate, pairs, pool, live)
+    metrics["index_build"] = {"phases_s": built.phases, "seconds": round(built.build_seconds, 3)}
+    if embed_stats is not None:
+        metrics["embed"] = {k: embed_stats[k] for k in ("notes", "embedded", "reused", "notes_per_s")
+                            if k in embed_stats}
     model = {"model_id": enc.model_id, "path": str(model_dir.resolve()), "template_version": enc.template_version,
              "dim": enc.dim, "training_data_window": enc.data_window}
     kwargs = {"hook": hook} if hook else {}
     with phase("publish"):
-        result = publish(snapshot_root, built, date=date, model=model, content_sha256=content_digest(ids, vecs),
-                         metrics=metrics, data_window=notes_window(notes), keep=config.keep, **kwargs)
-    result.update(num_vectors=len(ids), index_type=built.index_type, index_params=built.params,
-                  embedded=embed_stats["embedded"], reused=embed_stats["reused"])
+        result = publish(snapshot_root, built, date=date, model=model, metrics=metrics,
+                         data_window=notes_window(notes_path), keep=config.keep, **kwargs)
+    result.update(num_vectors=source.num_vectors, index_key=built.key, index_type=built.index_type,
+                  search_params=built.search_params, index_params=built.params)
+    if embed_stats is not None:
+        result.update(embedded=embed_stats["embedded"], reused=embed_stats["reused"])
     return result
 
 

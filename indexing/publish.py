@@ -35,7 +35,6 @@ reader might hold open is ever rewritten.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -45,10 +44,12 @@ from typing import Callable
 
 import faiss
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexing.build import BuiltIndex
 from indexing.config import RetentionConfig
+from indexing.note_ids import NoteIdIndex
 from indexing.snapshot import (
     CURRENT,
     IDS_FILE,
@@ -63,6 +64,7 @@ from indexing.snapshot import (
     read_manifest,
     snapshots_dir,
 )
+from indexing.source import ContentDigest
 from notellm.config import defaults
 from notellm.contracts import IDS, MANIFEST_FORMAT_VERSION, validate_manifest, write_table
 from notellm.files import fsync_dir, fsync_file, pid_alive, sha256_file, write_bytes_durable
@@ -84,21 +86,18 @@ def snapshot_id(date: dt.date | str, model_id: str) -> str:
 
 
 def content_digest(note_ids, vectors: np.ndarray) -> str:
-    """sha256 over the note ids and the float32 vectors, in order: what the snapshot serves."""
-    h = hashlib.sha256()
-    for nid in note_ids:
-        h.update(nid.encode())
-        h.update(b"\0")
-    h.update(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
-    return h.hexdigest()
+    """:class:`indexing.source.ContentDigest` of vectors in memory (the build hashes its stream)."""
+    digest = ContentDigest()
+    digest.update(pa.array(list(note_ids), pa.string()), vectors)
+    return digest.hexdigest()
 
 
 def _noop(step: str) -> None:
     pass
 
 
-def publish(root: str | os.PathLike, built: BuiltIndex, *, date, model: dict, content_sha256: str,
-            metrics: dict, data_window: dict | None = None, keep: int = DEFAULT_KEEP,
+def publish(root: str | os.PathLike, built: BuiltIndex, *, date, model: dict, metrics: dict,
+            content_sha256: str | None = None, data_window: dict | None = None, keep: int = DEFAULT_KEEP,
             hook: Hook = _noop) -> dict:
     """Publish ``built`` as a new snapshot and make it CURRENT.
 
@@ -107,6 +106,7 @@ def publish(root: str | os.PathLike, built: BuiltIndex, *, date, model: dict, co
     (``published`` False when an identical snapshot already existed).
     """
     root = Path(root)
+    content_sha256 = content_sha256 or built.content_sha256
     snaps = snapshots_dir(root)
     snaps.mkdir(parents=True, exist_ok=True)
     name, identical = _revision(snaps, snapshot_id(date, model["model_id"]), content_sha256, built.description)
@@ -185,7 +185,8 @@ def _write_files(tmp: Path, built: BuiltIndex, manifest: dict) -> dict:
     """Index, ids and manifest (with each file's sha256 and size) into ``tmp``, all fsynced."""
     faiss.write_index(built.index, str(tmp / INDEX_FILE))
     write_table(built.ids, tmp / IDS_FILE, IDS)
-    for fname in (INDEX_FILE, IDS_FILE):
+    lookup = NoteIdIndex.from_ids(built.note_ids, f"{tmp / IDS_FILE}").save(tmp)
+    for fname in (INDEX_FILE, IDS_FILE, *lookup):
         fsync_file(tmp / fname)
         manifest["files"][fname] = {"sha256": sha256_file(tmp / fname), "bytes": (tmp / fname).stat().st_size}
     validate_manifest(manifest, str(tmp / MANIFEST))
@@ -203,6 +204,13 @@ def _validate_dir(snap_dir: Path, manifest: dict) -> None:
     if index.ntotal != rows or index.ntotal != manifest["num_vectors"]:
         raise SnapshotError(f"{snap_dir}: written index has {index.ntotal} vectors, ids {rows}, "
                             f"manifest {manifest['num_vectors']}")
+    # The mapped lookup must name the same note as ids.parquet for every faiss id: checked on a sample.
+    lookup = NoteIdIndex.load(snap_dir)
+    sample = np.unique(np.random.default_rng(0).integers(0, rows, min(rows, 1000)))
+    expected = pq.read_table(snap_dir / IDS_FILE, columns=["note_id"]).column("note_id").take(pa.array(sample))
+    if lookup.names(sample)[0] != expected.to_pylist() or not np.array_equal(lookup.lookup(expected.to_pylist()),
+                                                                               sample):
+        raise SnapshotError(f"{snap_dir}: id lookup arrays disagree with {IDS_FILE}")
 
 
 def _swap_pointer(snaps: Path, name: str, hook: Hook = _noop) -> None:

@@ -18,9 +18,10 @@ unpickled. Any mismatch raises :class:`SnapshotError` naming the file.
 
 Memory at scale: the index is memory-mapped where FAISS can map it
 (``mmap="auto"`` follows the manifest's ``"mmap"`` field), so opening does not
-read the vectors; the note ids stay one Arrow string array plus a sorted
-fixed-width copy and a permutation for ``np.searchsorted`` (no per-id Python
-objects). See indexing/README.md for what stays in RAM per index type.
+read the vectors; the note ids are three memory-mapped arrays (sorted fixed-width
+ids, their faiss ids and the inverse, :mod:`indexing.note_ids`) searched with
+``np.searchsorted``: no per-id Python objects, and nothing read at open beyond
+headers. docs/operations.md lists what stays in RAM per index type.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from typing import Sequence
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from indexing.build import apply_search_params, normalize
+from indexing.note_ids import LOOKUP_FILES, DuplicateNoteIds, NoteIdIndex, fixed_width  # noqa: F401 (re-exported)
 from notellm.contracts import IDS, ContractError, read_table, validate_manifest
 
 log = logging.getLogger(__name__)
@@ -166,86 +168,35 @@ def _load_index(path: Path, mmap: bool | str, manifest: dict) -> tuple[faiss.Ind
     return read_index_file(path, mmap=False), False
 
 
-def fixed_width(ids: pa.Array) -> np.ndarray:
-    """The UTF-8 bytes of a string array as a numpy ``S<max bytes>`` array, built from the Arrow
-    buffers in vectorised chunks (no Python str per id). Ids are compared as NUL-padded bytes, which
-    orders them as Arrow and Python do for ids without NUL characters."""
-    arr = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    arr = arr.cast(pa.large_string())
-    n = len(arr)
-    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
-    data = arr.buffers()[2]
-    data = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
-    lengths = np.diff(offsets)
-    width = max(1, int(lengths.max(initial=0)))
-    out = np.zeros(n * width, np.uint8)
-    step = max(1, (1 << 24) // width)          # ~16 MB of id bytes (and 2 x 128 MB of positions) per chunk
-    for lo in range(0, n, step):
-        hi = min(n, lo + step)
-        shift = np.repeat(np.arange(lo, hi, dtype=np.int64) * width - offsets[lo:hi], lengths[lo:hi])
-        out[np.arange(offsets[lo], offsets[hi]) + shift] = data[offsets[lo]:offsets[hi]]
-    return out.view(f"S{width}")
-
-
-class NoteIdIndex:
-    """note id <-> faiss id without a Python dict: the Arrow ids (faiss id = row), their sorted
-    fixed-width bytes and the permutation (None when the ids are already sorted, the usual
-    case: the build writes them in note_id order)."""
-
-    def __init__(self, ids: pa.Array, source: str):
-        self.ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-        keys = fixed_width(self.ids)
-        self.width = keys.dtype.itemsize
-        self.perm = None
-        if len(keys) > 1 and not np.all(keys[1:] > keys[:-1]):
-            self.perm = _sort_indices(self.ids, keys).astype(np.int64)
-            keys = keys[self.perm]
-            dup = np.flatnonzero(keys[1:] == keys[:-1])
-            if len(dup):
-                raise SnapshotError(f"{source}: {len(dup)} duplicated note ids, e.g. "
-                                    f"{keys[dup[:5]].astype(object).tolist()}")
-        self.keys = keys
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def lookup(self, note_ids: Sequence[str]) -> np.ndarray:
-        """int64 faiss ids, -1 where absent (vectorised binary search)."""
-        encoded = [str(s).encode("utf-8") for s in note_ids]
-        if not encoded or not len(self.keys):
-            return np.full(len(encoded), -1, np.int64)
-        fits = np.fromiter((len(b) <= self.width for b in encoded), bool, len(encoded))
-        q = np.array(encoded, dtype=f"S{self.width}")   # longer ids are truncated here; `fits` drops them
-        pos = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
-        hit = fits & (self.keys[pos] == q)
-        fid = pos if self.perm is None else self.perm[pos]
-        return np.where(hit, fid, -1).astype(np.int64)
-
-    def names(self, fids: np.ndarray) -> list[list]:
-        """Note ids of a (q, k) array of faiss ids; None where the id is negative (no result)."""
-        fids = np.atleast_2d(fids)
-        flat = self.ids.take(pa.array(np.where(fids >= 0, fids, 0).ravel())).to_numpy(zero_copy_only=False)
-        flat = np.where(fids.ravel() >= 0, flat, None)
-        return flat.reshape(fids.shape).tolist()
-
-
-def _sort_indices(ids: pa.Array, keys: np.ndarray) -> np.ndarray:
-    """Arrow's sort (fast, C++) when its order agrees with the NUL-padded bytes, else numpy's."""
-    perm = pc.sort_indices(ids).to_numpy()
-    sorted_keys = keys[perm]
-    return perm if np.all(sorted_keys[1:] >= sorted_keys[:-1]) else np.argsort(keys, kind="stable")
+def _load_ids(snap_dir: Path, manifest: dict) -> NoteIdIndex:
+    """The id lookup: memory-mapped arrays when the snapshot has them (checked against the ids'
+    row count in the Parquet footer), else built from ids.parquet (older snapshots)."""
+    path = snap_dir / IDS_FILE
+    try:
+        if all(name in manifest["files"] for name in LOOKUP_FILES):
+            ids = NoteIdIndex.load(snap_dir)
+            rows = pq.read_metadata(path).num_rows
+            if len(ids) != rows:
+                raise SnapshotError(f"{snap_dir / LOOKUP_FILES[0]}: {len(ids)} ids, {path} has {rows} rows")
+            return ids
+        table = read_table(path, IDS)
+        if not np.array_equal(table.column("faiss_id").to_numpy(), np.arange(table.num_rows)):
+            raise SnapshotError(f"{path}: faiss_id must be 0..n-1 in order")
+        return NoteIdIndex.from_ids(table.column("note_id"), str(path))
+    except (ContractError, DuplicateNoteIds, ValueError, OSError) as exc:
+        raise SnapshotError(str(exc)) from exc
 
 
 class Snapshot:
     """A loaded, verified snapshot. Queries are thread-safe; :meth:`close` drops the index."""
 
-    def __init__(self, path: Path, manifest: dict, index: faiss.Index, ids: pa.Array, mmap: bool = False):
+    def __init__(self, path: Path, manifest: dict, index: faiss.Index, ids: NoteIdIndex, mmap: bool = False):
         self.path = path
         self.name = path.name
         self.manifest = manifest
         self.mmap = mmap
         self._index = index
-        self._ids = NoteIdIndex(ids, str(path / IDS_FILE))
+        self._ids = ids
 
     @classmethod
     def open(cls, root: str | os.PathLike, name: str | None = None, verify: bool = True,
@@ -264,25 +215,22 @@ class Snapshot:
         verify_files(snap_dir, manifest, checksums=verify)
         index_path = snap_dir / INDEX_FILE
         index, mapped = _load_index(index_path, mmap, manifest)
-        try:
-            ids = read_table(snap_dir / IDS_FILE, IDS)
-        except ContractError as exc:
-            raise SnapshotError(str(exc)) from exc
-        faiss_ids = ids.column("faiss_id").to_numpy()
-        if not np.array_equal(faiss_ids, np.arange(len(faiss_ids))):
-            raise SnapshotError(f"{snap_dir / IDS_FILE}: faiss_id must be 0..n-1 in order")
-        if index.ntotal != ids.num_rows or index.ntotal != manifest["num_vectors"]:
-            raise SnapshotError(f"{index_path}: ntotal {index.ntotal} vs {ids.num_rows} ids rows vs manifest "
+        ids = _load_ids(snap_dir, manifest)
+        if index.ntotal != len(ids) or index.ntotal != manifest["num_vectors"]:
+            raise SnapshotError(f"{index_path}: ntotal {index.ntotal} vs {len(ids)} ids vs manifest "
                                 f"num_vectors {manifest['num_vectors']}")
         if index.d != manifest["dim"]:
             raise SnapshotError(f"{index_path}: dimension {index.d} != manifest dim {manifest['dim']}")
         spec = manifest["index"]
-        apply_search_params(index, spec.get("type"), spec.get("params", {}))
+        apply_search_params(index, spec)
         if spec.get("type") == "ivf":
-            # The IVF direct map (id -> list position) is not serialised; reconstruct (vector, neighbors)
-            # needs it. It is a separate array, so this works on a read-only mapped index too.
-            faiss.extract_index_ivf(faiss.downcast_index(index.index)).make_direct_map()
-        return cls(snap_dir, manifest, index, ids.column("note_id"), mapped)
+            ivf = faiss.extract_index_ivf(faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2)
+                                          else index)
+            if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                # Snapshots built before the build wrote it: reconstruct (neighbors) needs it. A separate
+                # array, so this works on a read-only mapped index too.
+                ivf.make_direct_map()
+        return cls(snap_dir, manifest, index, ids, mapped)
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -312,12 +260,16 @@ class Snapshot:
     @property
     def ids(self) -> pa.Array:
         """Note ids as an Arrow string array; row = faiss id."""
+        return self._ids_arrow
+
+    @functools.cached_property
+    def _ids_arrow(self) -> pa.Array:
         return self._ids.ids
 
     @functools.cached_property
     def note_ids(self) -> list:
         """The ids as a Python list, for old callers only (10^7 str objects: keep it off hot paths)."""
-        return self._ids.ids.to_pylist()
+        return self.ids.to_pylist()
 
     def info(self) -> dict:
         return self.manifest
@@ -367,7 +319,7 @@ class Snapshot:
         if not note_ids:
             return []
         fids = self._fids(note_ids)
-        q = np.stack([index.reconstruct(int(f)) for f in fids])  # IDMap2 over IVF has no reconstruct_batch
+        q = np.stack([index.reconstruct(int(f)) for f in fids])
         kk = max(1, min(int(k) + 1, len(self)))
         scores, found = index.search(q, kk)
         names = self._ids.names(found)

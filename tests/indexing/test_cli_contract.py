@@ -39,7 +39,7 @@ def snapshot_root(tmp_path_factory):
     ids = [f"n{i:03d}" for i in range(60)]
     x = clustered_vectors(60, 16, clusters=4, seed=5)
     for day in ("2026-11-24", "2026-11-25"):
-        built = build_index(ids, x, IndexConfig(index_type="flat"))
+        built = build_index((ids, x), IndexConfig(index_key="flat"))
         publish(root, built, date=day, model=MODEL, content_sha256=content_digest(ids, x) + day, metrics={})
     return root
 

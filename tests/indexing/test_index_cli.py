@@ -55,7 +55,7 @@ def test_cli_publish_info_neighbors_search_rollback(tmp_path, capsys, tiny_encod
     register(models_root, model_dir, EncoderConfig.from_json(model_dir / "notellm.json").model_id,
              metrics={}, approved=True)
     common = ["--notes", notes_path, "--emb-root", tmp_path / "emb", "--snapshot-root", tmp_path / "idx",
-              "--shard-size", 8, "--no-progress"]
+              "--num-buckets", 8, "--no-progress"]
     first = json.loads(cli("publish", "--models-root", models_root, "--date", "2026-11-24", *common).stdout)
     assert first["published"] and first["num_vectors"] == 24 and first["embedded"] == 24
     assert first["manifest_sha256"] == sha256_file(Path(first["path"]) / "manifest.json")
@@ -107,7 +107,7 @@ def test_recall_gate_refuses_a_worse_model_and_keeps_current(tmp_path, tiny_enco
     notes = make_notes(40, seed=8)
     notes_path = write_notes(notes, tmp_path / "notes.parquet")
     root, emb = tmp_path / "idx", tmp_path / "emb"
-    cfg = NightlyConfig(embed=EmbedConfig(shard_size=16, progress=False), gate=GateConfig(recall_ks=(1, 3)))
+    cfg = NightlyConfig(embed=EmbedConfig(num_buckets=16, precision="fp32", progress=False), gate=GateConfig(recall_ks=(1, 3)))
     cfg.gate.recall_k = 1
     # Test pairs = each note's nearest neighbour under the good model: its Recall@1 is 1.0.
     from notellm.encoder import NoteEncoder

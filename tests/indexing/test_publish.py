@@ -27,7 +27,7 @@ def corpus(seed, n=200, d=16):
 
 def do_publish(root, seed, date="2026-11-24", hook=None, keep=7, model=MODEL, n=200):
     ids, x = corpus(seed, n)
-    built = build_index(ids, x, IndexConfig(index_type="flat"))
+    built = build_index((ids, x), IndexConfig(index_key="flat"))
     kwargs = {"hook": hook} if hook else {}
     return publish(root, built, date=date, model=model, content_sha256=content_digest(ids, x),
                    metrics={"seed": seed}, keep=keep, **kwargs)

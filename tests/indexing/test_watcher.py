@@ -23,7 +23,7 @@ def put(root, seed: int, n: int = 150) -> str:
     """Publish a snapshot whose ids carry ``seed`` (so an answer says which snapshot gave it)."""
     x = clustered_vectors(n, 16, clusters=5, seed=seed)
     ids = [f"s{seed}-{i:04d}" for i in range(n)]
-    built = build_index(ids, x, IndexConfig(index_type="flat"))
+    built = build_index((ids, x), IndexConfig(index_key="flat"))
     return publish(root, built, date=f"2026-12-{seed:02d}", model=MODEL, content_sha256=content_digest(ids, x),
                    metrics={"seed": seed}, keep=20)["snapshot"]
 

@@ -30,7 +30,7 @@ def publish_snapshot(root: Path, seed: int, date: str, index_type: str = "flat",
     """Publish and make CURRENT; returns the snapshot name."""
     ids = ids or note_ids()
     x = vectors(seed) if x is None else x
-    built = build_index(ids, x, IndexConfig(index_type=index_type))
+    built = build_index((ids, x), IndexConfig(index_key=index_type))
     res = publish(root, built, date=date, model=model, content_sha256=content_digest(ids, x),
                   metrics={"seed": seed})
     return res["snapshot"]
