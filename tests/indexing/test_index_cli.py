@@ -107,7 +107,8 @@ def test_recall_gate_refuses_a_worse_model_and_keeps_current(tmp_path, tiny_enco
     notes = make_notes(40, seed=8)
     notes_path = write_notes(notes, tmp_path / "notes.parquet")
     root, emb = tmp_path / "idx", tmp_path / "emb"
-    cfg = NightlyConfig(embed=EmbedConfig(num_buckets=16, precision="fp32", progress=False), gate=GateConfig(recall_ks=(1, 3)))
+    cfg = NightlyConfig(embed=EmbedConfig(num_buckets=16, precision="fp32", progress=False),
+                        gate=GateConfig(recall_ks=(1, 3)))
     cfg.gate.recall_k = 1
     # Test pairs = each note's nearest neighbour under the good model: its Recall@1 is 1.0.
     from notellm.encoder import NoteEncoder
