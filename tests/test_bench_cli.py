@@ -22,6 +22,7 @@ from tests.support.paths import REPO
 COMMANDS = [
     ("bench/bench_index.py", [], "BenchIndexConfig", "queries"),
     ("bench/bench_embedding.py", [], "BenchEmbeddingConfig", "naive"),
+    ("bench/bench_embed_incremental.py", [], "BenchIncrementalConfig", "notes"),
     ("bench/bench_training.py", [], "BenchTrainingConfig", "bf16_batch_pairs"),
     ("bench/bench_training_real.py", [], "BenchTrainingRealConfig", "pool_sample"),
     ("bench/bench_sample.py", [], "BenchSampleConfig", "days"),
