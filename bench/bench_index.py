@@ -33,6 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))   # tests.support (the generated corpus) is not an installed package
 
+from bench_snapshot_open import _status_mb  # noqa: E402 (bench/ is on sys.path: the script's folder)
+
 from notellm import cli  # noqa: E402
 from notellm.config import option  # noqa: E402
 
@@ -57,14 +59,6 @@ class BenchIndexConfig:
     train_per_list: int = option(30, help="IVF training vectors per list (30..256)")
     threads: int = option(2, help="FAISS OpenMP threads")
     work_dir: Path = option(REPO / "var" / "bench" / "index", help="exact neighbours and index files")
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _source(n: int, d: int):

@@ -177,12 +177,12 @@ def cmd_neighbors(cfg: NeighborsArgs, timer: cli.Timer) -> dict:
 
 @_bad_input
 def cmd_search(cfg: SearchArgs, timer: cli.Timer) -> dict:
-    from indexing.pipeline import load_encoder
+    from indexing.embed import load_encoder
     from indexing.snapshot import Snapshot
     with timer.phase("open"):
         snap = Snapshot.open(cfg.snapshot_root, cfg.name)
         model = snap.info()["model"]
-        encoder = load_encoder(Path(model["path"]))
+        encoder, _ = load_encoder(Path(model["path"]), precision="fp32")   # one query: fp32, as before
     if encoder.config.model_id != model["model_id"]:
         raise cli.BadInput(f"model at {model['path']} is {encoder.config.model_id}, "
                            f"the snapshot was built with {model['model_id']}")

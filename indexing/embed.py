@@ -255,12 +255,12 @@ class _BucketWriter:
     def _write(self, b: int, planned: pa.Table, segments: list, changed: list[int], gone: list[str],
                floor: int | None) -> None:
         info, stats, dim = self.info, self.stats, self.info.dim
-        new_vecs = self._embed(planned.take(pa.array(changed, pa.int64())))
+        upserts = planned.take(pa.array(changed, pa.int64()))
+        new_vecs = self._embed(upserts)
         self.progress(planned.num_rows - len(changed))
         last = segments[-1].seq if segments else -1
         base_rows = segments[0].rows if segments and segments[0].kind == "base" else None
         delta_rows = sum(s.rows for s in segments if s.kind == "delta")
-        upserts = planned.take(pa.array(changed, pa.int64()))
         if floor is None and base_rows is not None and \
                 delta_rows + len(changed) + len(gone) <= self.config.compact_fraction * base_rows:
             vecs = np.concatenate([new_vecs, np.zeros((len(gone), dim), np.float32)])

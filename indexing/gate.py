@@ -17,7 +17,8 @@
 Both work from samples of the corpus and the streamed store, never an extra full
 copy of the vectors: the ANN queries are picked in one pass and their exact
 neighbours computed in another (:func:`indexing.exact.exact_knn`); the related
-recall reads only the vectors of the pool and query notes (``source.take``).
+recall reads only the vectors of the pool and query notes (``source.take``: the store reads
+only their buckets).
 
 A failing gate raises :class:`GateFailed`; nothing is published and CURRENT
 stays where it was.
@@ -51,27 +52,6 @@ def ann_recall(built: BuiltIndex, source: VectorSource, config: GateConfig) -> d
     exact = exact_knn(source, q, k)[1]
     approx = built.index.search(q, k)[1]
     return {"k": k, "queries": int(len(q)), "recall": float(recall_vs_exact(approx, exact))}
-
-
-def sample_vectors(source: VectorSource, note_ids: list) -> tuple[list, np.ndarray]:
-    """(ids found, their vectors) of ``note_ids``: ``source.take`` when the source has it (the
-    store reads only the buckets concerned), else one streamed pass keeping the wanted rows."""
-    wanted = list(dict.fromkeys(note_ids))
-    if hasattr(source, "take"):
-        return source.take(wanted)
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    keep = pa.array(wanted, pa.string())
-    found, vecs = [], []
-    for ids, batch in source.batches():
-        mask = pc.is_in(ids, value_set=keep).to_numpy(zero_copy_only=False)
-        if mask.any():
-            found += ids.filter(pa.array(mask)).to_pylist()
-            vecs.append(batch[mask])
-    order = {nid: i for i, nid in enumerate(found)}
-    rows = [order[w] for w in wanted if w in order]
-    stacked = np.concatenate(vecs) if vecs else np.zeros((0, source.dim), np.float32)
-    return [found[r] for r in rows], stacked[rows]
 
 
 def related_recall(note_ids: list, vectors: np.ndarray, pairs: list, pool_ids: list, ks) -> dict:
@@ -115,7 +95,7 @@ def run_gate(built: BuiltIndex, source: VectorSource, config: GateConfig = GateC
         if not pool_ids:
             raise ValueError("test pairs given without a test pool")
         ks = tuple(sorted(set(config.recall_ks) | {config.recall_k}))
-        test_ids, test_vecs = sample_vectors(source, list(pool_ids) + [q for q, _ in pairs])
+        test_ids, test_vecs = source.take(list(dict.fromkeys(list(pool_ids) + [q for q, _ in pairs])))
         rel = related_recall(test_ids, normalize(test_vecs), pairs, pool_ids, ks)
         digest = test_set_fingerprint(pairs, pool_ids)
         rel["test_set_sha256"] = digest

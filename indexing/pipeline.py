@@ -36,18 +36,6 @@ def resolve_model_dir(model: str | os.PathLike | None, models_root: str | os.Pat
     return Path(record["model_dir"])
 
 
-def load_encoder(model_dir: Path):
-    """The encoder on this process's device: ``cuda:LOCAL_RANK`` when CUDA exists (so torchrun ranks
-    spread over the GPUs), else CPU."""
-    import torch
-
-    from notellm.encoder import NoteEncoder
-    encoder = NoteEncoder.load(model_dir)
-    if torch.cuda.is_available():
-        encoder.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}")
-    return encoder
-
-
 def read_test_set(pairs_path, pool_path) -> tuple[list | None, list | None]:
     if not pairs_path:
         return None, None

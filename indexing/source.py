@@ -33,6 +33,10 @@ class VectorSource(Protocol):
         each, in the same order on every call; the vectors need not be normalised."""
         ...
 
+    def take(self, note_ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """``(ids found, their vectors)`` of a few notes (the gate's test notes), in input order."""
+        ...
+
 
 class ArraySource:
     """A :class:`VectorSource` over vectors already in memory (rows in ``note_ids`` order)."""
@@ -49,6 +53,12 @@ class ArraySource:
     def batches(self, rows: int = DEFAULT_BATCH_ROWS) -> Iterator[tuple[pa.Array, np.ndarray]]:
         for lo in range(0, self.num_vectors, rows):
             yield self.ids.slice(lo, rows), self.vectors[lo:lo + rows]
+
+    def take(self, note_ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """(ids found, their vectors) in input order, missing ids left out (as ``StoreSource.take``)."""
+        row_of = {nid: i for i, nid in enumerate(self.ids.to_pylist())}
+        found = [nid for nid in note_ids if nid in row_of]
+        return found, self.vectors[[row_of[nid] for nid in found]].reshape(len(found), self.dim)
 
 
 def take_rows(source: VectorSource, rows: np.ndarray, batch_rows: int = DEFAULT_BATCH_ROWS) -> np.ndarray:

@@ -296,19 +296,22 @@ class StoreSource:
                                               "open it again once that run has finished")
 
     def batches(self, rows: int = 65_536) -> Iterator[tuple[pa.Array, np.ndarray]]:
-        pending: list[pa.Table] = []
-        held = seen = 0
+        carry: pa.Table | None = None        # rows of earlier buckets not yet handed out (< rows)
+        seen = 0
         for b in range(self.num_buckets):
             t = self._bucket(b)
             seen += t.num_rows
-            if t.num_rows:
-                pending.append(t)
-                held += t.num_rows
-            while held >= rows or (b == self.num_buckets - 1 and held):
-                chunk = pa.concat_tables(pending).combine_chunks()
-                head, rest = chunk.slice(0, rows), chunk.slice(rows)
-                pending, held = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+            if carry is not None and carry.num_rows:
+                t = pa.concat_tables([carry, t])
+            t = t.combine_chunks()            # once per bucket; the slices below are zero-copy
+            start = 0
+            while t.num_rows - start >= rows:
+                head = t.slice(start, rows)
                 yield head.column("note_id").combine_chunks(), vectors_of(head)
+                start += rows
+            carry = t.slice(start)
+        if carry is not None and carry.num_rows:
+            yield carry.column("note_id").combine_chunks(), vectors_of(carry)
         self._check_unchanged()
         if seen != self.num_vectors:
             raise ContractError(str(self.info.model_dir), None, f"{seen} vectors read, _stats.json says "
