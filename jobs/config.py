@@ -45,13 +45,25 @@ def _set(cfg, name: str, value) -> None:
     object.__setattr__(cfg, name, value)   # frozen dataclasses normalise in __post_init__
 
 
+def _uris(cfg, *names: str) -> None:
+    """Data-path settings as URI strings (``hdfs://...``, ``s3a://...``, ``file:///...`` or a plain path)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None:
+            if str(value).strip() == "":
+                raise ConfigError(f"{name}: empty path")
+            _set(cfg, name, str(value))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SparkOptions:
     """Where and how a Spark job runs (ignored under spark-submit, which chose them)."""
 
     master: str = option("local[*]", help="Spark master (local mode unless launched by spark-submit)")
-    shuffle_partitions: int | None = option(None, help="spark.sql.shuffle.partitions (null = 2 per local core, "
-                                                       "at least 4; 200 on a cluster)")
+    shuffle_partitions: int | None = option(None, help="spark.sql.shuffle.partitions (null = sized from the "
+                                                       "input bytes; AQE coalesces small partitions)")
+    shuffle_partition_mb: int = option(64, help="advisory shuffle partition size in MiB (AQE's target; with "
+                                                "null shuffle_partitions it also sizes the initial count)")
     driver_memory: str = option("4g", help="driver JVM memory; local mode only (the JVM started by this process)")
     conf: list[str] = option(default_factory=list, split_commas=False,
                              help="extra Spark settings KEY=VALUE (repeat the flag), applied after the job's defaults")
@@ -73,10 +85,10 @@ class SparkOptions:
 class CooccurrenceConfig(SparkOptions):
     """Co-occurrence mining: click logs -> related-note pairs (NoteLLM, section 4.1)."""
 
-    events: Path = option(help="events root with dt=YYYY-MM-DD/*.parquet (contract or landing files)")
-    notes: Path = option(help="notes Parquet file or directory (NOTES contract)")
-    out: Path = option(help="pairs root; writes <out>/dt=<run date>/")
-    quarantine_out: Path = option(help="quarantine root; writes <root>/dt=<run date>/")
+    events: str = option(help="events root (URI or path) with dt=YYYY-MM-DD/*.parquet (contract or landing files)")
+    notes: str = option(help="notes Parquet file or directory (NOTES contract)")
+    out: str = option(help="pairs root; writes <out>/dt=<run date>/")
+    quarantine_out: str = option(help="quarantine root; writes <root>/dt=<run date>/")
     run_date: date | str = option(help="last day of the window (UTC), YYYY-MM-DD")
     window_days: int = option(7, help="days of click log ending at the run date")
     upper: float = option(30.0, help="drop candidates scoring above u")
@@ -91,12 +103,21 @@ class CooccurrenceConfig(SparkOptions):
                                                 "self-join (0 = none)")
     max_gap_hours: float = option(24.0, help="max hours from view A to click B (0 = the window)")
     allow_missing_days: bool = option(False, help="accept days of the window without files")
+    output_rows_per_file: int = option(1_000_000, help="pairs and quarantine rows per output file (files are "
+                                                       "ranges of source note ids, so readers prune by footer)")
+    checkpoint: str = option("auto", choices=("auto", "local", "reliable"),
+                             help="where materialised steps are kept: local = executor storage (a lost executor "
+                                  "fails the job), reliable = Parquet under work_dir, auto = local on a local "
+                                  "master, reliable on a cluster")
+    work_dir: str | None = option(None, help="scratch folder every executor reaches (null = <out>/_work); "
+                                             "removed after a successful run")
 
     # The settings recorded as "params" in _stats.json (what changes the pairs).
     PARAMS = ("window_days", "upper", "lower", "top", "view_types", "click_types", "max_events_per_user",
               "max_gap_hours", "allow_missing_days")
 
     def __post_init__(self) -> None:
+        _uris(self, "events", "notes", "out", "quarantine_out", "work_dir")
         _set(self, "run_date", as_date(self.run_date, "run_date"))
         view, click = event_types(self.view_types, "view_types"), event_types(self.click_types, "click_types")
         if self.engagement:
@@ -144,6 +165,10 @@ class CooccurrenceConfig(SparkOptions):
             raise ValueError(f"--top must be >= 1, got {self.top}")
         if not 0 <= self.lower <= self.upper:
             raise ValueError(f"need 0 <= --lower <= --upper, got lower={self.lower} upper={self.upper}")
+        if self.output_rows_per_file < 1:
+            raise ValueError(f"--output-rows-per-file must be >= 1, got {self.output_rows_per_file}")
+        if self.shuffle_partition_mb < 1:
+            raise ValueError(f"--shuffle-partition-mb must be >= 1, got {self.shuffle_partition_mb}")
         if self.max_events_per_user < 0 or self.max_gap_hours < 0:
             raise ValueError("--max-events-per-user and --max-gap-hours must be >= 0 (0 = off)")
         if self.max_gap_hours and self.max_gap_us < 1_000_000:
@@ -163,23 +188,27 @@ class CooccurrenceConfig(SparkOptions):
 class SplitConfig(SparkOptions):
     """Training and test sets from mined pairs, as in the NoteLLM evaluation."""
 
-    pairs: Path = option(help="mined pairs root (dt=YYYY-MM-DD partitions)")
+    pairs: str = option(help="mined pairs root (dt=YYYY-MM-DD partitions)")
     train_date: date | str = option(help="run date of the mined train partition, YYYY-MM-DD")
     test_date: date | str = option(help="run date of the mined test partition, YYYY-MM-DD")
-    notes: Path = option(help="notes Parquet file or directory (NOTES contract)")
-    events: Path = option(help="events root, for the test pool")
-    out: Path = option(help="split root; replaced as a whole")
+    notes: str = option(help="notes Parquet file or directory (NOTES contract)")
+    events: str = option(help="events root, for the test pool")
+    out: str = option(help="split root; replaced as a whole")
     max_pairs_per_category_pair: int = option(0, help="balancing cap per (category of A, category of B) "
                                                       "(0 = none)")
     allow_missing_days: bool = option(False, help="accept days of the test window without event files")
+    output_rows_per_file: int = option(1_000_000, help="rows per output file of each table")
 
     def __post_init__(self) -> None:
+        _uris(self, "pairs", "notes", "events", "out")
         _set(self, "train_date", as_date(self.train_date, "train_date"))
         _set(self, "test_date", as_date(self.test_date, "test_date"))
 
     def validate(self) -> None:
         if self.max_pairs_per_category_pair < 0:
             raise ValueError("--max-pairs-per-category-pair must be >= 0 (0 = no balancing)")
+        if self.output_rows_per_file < 1:
+            raise ValueError(f"--output-rows-per-file must be >= 1, got {self.output_rows_per_file}")
         self.spark_conf()
 
 

@@ -75,17 +75,22 @@ from jobs.spark_input import (
     InputError,
     broadcast_if_small,
     checkpoint_view,
+    configure_checkpoints,
     discover_event_files,
     notes_files,
-    persist_view,
+    output_files,
+    partition_commit,
+    qualify_all,
     register_inputs,
     release,
+    require_success,
     run_sql,
+    size_shuffle,
     start_spark,
     view_name,
-    write_partition,
 )
-from notellm import cli, contracts
+from jobs.spark_session import launched_by_spark_submit
+from notellm import cli, contracts, storage
 from notellm.contracts import EVENT_TYPES
 
 Config = CooccurrenceConfig     # the job's settings (one definition, in jobs.config)
@@ -117,9 +122,9 @@ def checkpoint_event_statuses(spark) -> tuple:
     metrics = ([F.count(F.when(F.col("status") == s, 1)).alias(f"status_{s}") for s in EVENT_STATUSES]
                + [F.count(F.when(F.col("quarantine_reason") == r, 1)).alias(f"reason_{r}")
                   for r in QUARANTINE_REASONS])
-    kept = (spark.table("events_status").observe(observation, *metrics)
-            .where(F.col("status").isin(*KEPT_STATUSES)).localCheckpoint(eager=True))
-    kept.createOrReplaceTempView("events_status")
+    observed = (spark.table("events_status").observe(observation, *metrics)
+                .where(F.col("status").isin(*KEPT_STATUSES)))
+    kept = checkpoint_view(spark, "events_status", observed)
     values = observation.get   # published when the checkpoint's job finished
     missing = [m for m in [f"status_{s}" for s in EVENT_STATUSES] + [f"reason_{r}" for r in QUARANTINE_REASONS]
                if m not in values]
@@ -130,13 +135,13 @@ def checkpoint_event_statuses(spark) -> tuple:
     return kept, counts, by_reason
 
 
-def classify_events(spark, cfg: Config, files: EventFiles, timer: cli.Timer) -> tuple:
+def classify_events(spark, cfg: Config, files: EventFiles, notes: list[str], timer: cli.Timer) -> tuple:
     """Inputs, note keys, the one scan that classifies the raw events, user keys.
     Returns ``(held frames, counts by status, counts by reason, users)``."""
     with timer.phase("inputs"):       # file index and note keys
-        register_inputs(spark, files, notes_files(cfg.notes))
-        held = [persist_view(spark, "note_keys")]
-        spark.table("note_keys").count()
+        register_inputs(spark, files, notes)
+        held = [checkpoint_view(spark, "note_keys")]   # keys from sampled ranges: computed once
+        broadcast_if_small(spark, "note_keys", spark.table("note_keys").count())
     window_end_excl = cfg.run_date + dt.timedelta(days=1)
     run_sql(spark, sql_template.load("events_classify.sql", {
         "known_types": list(EVENT_TYPES),
@@ -179,9 +184,11 @@ def score_pairs(spark, cfg: Config, timer: cli.Timer) -> tuple:
     return held, used_row, pair_counts
 
 
-def related_frame(spark, cfg: Config):
-    """The ranked pairs with note ids, as one sorted partition (at most t rows
-    per note; a stable layout makes reruns diffable)."""
+def related_frame(spark, cfg: Config, rows: int):
+    """The ranked pairs with note ids, laid out as the output files: ranges of
+    source note ids (range partitioning: no single-partition step), each file
+    sorted by (source, rank), so a reader looking for some sources prunes
+    files by their footers' min/max, and reruns are diffable."""
     related = spark.sql(f"""
         SELECT s.note_id AS src_note_id, d.note_id AS dst_note_id,
                CAST(r.score_units AS DOUBLE) / {SCORE_SCALE} AS score,
@@ -191,11 +198,20 @@ def related_frame(spark, cfg: Config):
         FROM cooc_related r
         JOIN note_keys s ON s.note_key = r.src_key
         JOIN note_keys d ON d.note_key = r.dst_key""")
-    return related.repartition(1).sortWithinPartitions("src_note_id", "rank")
+    files = output_files(rows, cfg.output_rows_per_file)
+    return related.repartitionByRange(files, "src_note_id", "rank").sortWithinPartitions("src_note_id", "rank")
+
+
+def quarantine_frame(spark, cfg: Config, rows: int):
+    """The quarantined rows as files of at most ``output_rows_per_file`` rows,
+    ranges of (source file, raw text): a stable layout on reruns."""
+    files = output_files(rows, cfg.output_rows_per_file)
+    return (spark.table("events_quarantine").repartitionByRange(files, "source", "raw")
+            .sortWithinPartitions("source", "raw"))
 
 
 def job_stats(cfg: Config, files: EventFiles, counts: dict, by_reason: dict, n_users: int,
-              used_row, pair_counts) -> dict:
+              used_row, pair_counts, shuffle_partitions: int) -> dict:
     used = used_row["used"]
     stats = {
         "job": "cooccurrence",
@@ -205,7 +221,8 @@ def job_stats(cfg: Config, files: EventFiles, counts: dict, by_reason: dict, n_u
         "params": cfg.params(),
         "inputs": {"events": str(cfg.events), "notes": str(cfg.notes), "contract_files": len(files.contract),
                    "landing_files": len(files.landing), "missing_days": len(files.missing_days),
-                   "missing_days_first": files.missing_days[:10]},
+                   "missing_days_first": files.missing_days[:10], "input_bytes": files.input_bytes},
+        "spark": {"shuffle_partitions": shuffle_partitions},
         "events_in": sum(counts.values()),
         "quarantined": by_reason,
         "quarantined_total": counts["quarantined"],
@@ -228,68 +245,116 @@ def job_stats(cfg: Config, files: EventFiles, counts: dict, by_reason: dict, n_u
 def run(spark, cfg: Config, files: EventFiles | None = None, timer: cli.Timer | None = None) -> dict:
     """Mine one run date; return the stats written to ``_stats.json``.
 
+    Every path goes through the driver's Hadoop FileSystem
+    (:func:`notellm.storage.for_spark`), qualified first, so listing, footer
+    checks, staging and the commit see the filesystem the executors read.
+
     Spark work, in jobs (each action pays scheduling and code generation, so
     the count of actions is kept small; the stats come from aggregates over
-    frames that are cached anyway, never from one count() per figure):
+    frames that are materialised anyway, never from one count() per figure):
 
-    1. note keys: cached, counted (tiny; the count gives the cache its real
-       size, so the joins on it broadcast when it is small);
+    1. note keys (range partitioned, see :func:`jobs.spark_input.ordered_keys`):
+       materialised, counted (the count decides the broadcast);
     2. classified events: one scan of the raw files; the rows later steps
-       read (in scope, quarantined) are cached narrow, and every
+       read (in scope, quarantined) are materialised narrow, and every
        status/quarantine-reason count is observed during that same job;
-    3. user keys: cached, counted (= users: the cap keeps >= 1 event per user);
-    4. capped events: cached; one aggregate gives used events and notes;
-    5. candidate pairs: cached; one aggregate per source note gives the
+    3. user keys: materialised, counted (= users: the cap keeps >= 1 event per user);
+    4. capped events: materialised; one aggregate gives used events and notes;
+    5. candidate pairs: materialised; one aggregate per source note gives the
        candidate count, the in-bounds count, the source notes and the number
        of related pairs the top-t must write (sum of min(t, in-bounds));
-    6. ranking + write of the pairs; the footers must count exactly (5);
-    7. write of the quarantined rows (from the cache); footers must count (2).
+    6. ranking + write of the pairs into a staging folder; the footers must count exactly (5);
+    7. write of the quarantined rows likewise; the footers must count (2);
+    8. both partitions marked and swapped in (:class:`jobs.spark_input.FolderCommit`):
+       quarantine first, pairs last (the partition downstream waits for).
 
+    Materialised = local checkpoints on a local master, Parquet under the
+    work dir on a cluster (``cfg.checkpoint``). The shuffle partition count
+    is sized from the input bytes unless set (``cfg.shuffle_partitions``).
     ``stats["timings"]`` holds the phases of ``timer`` (``<phase>_s``) and
     ``total_s``, the time of this call.
     """
     cfg.validate()
     timer = timer or cli.Timer()
     t0 = time.perf_counter()
+    store = storage.for_spark(spark)
+    events, notes_root, out, quarantine_out = qualify_all(store, cfg.events, cfg.notes, cfg.out, cfg.quarantine_out)
     if files is None:  # main() passes what it found before starting the JVM (one footer pass, not two)
-        files = discover_event_files(cfg.events, cfg.window_days_list, cfg.allow_missing_days)
-    with timer.phase("classify"):
-        held, counts, by_reason, n_users = classify_events(spark, cfg, files, timer)
-    scored, used_row, pair_counts = score_pairs(spark, cfg, timer)
-    held += scored
-    stats = job_stats(cfg, files, counts, by_reason, n_users, used_row, pair_counts)
-    with timer.phase("write_pairs"):
-        write_partition(related_frame(spark, cfg), cfg.out, cfg.run_date, contracts.PAIRS, stats,
-                        stats["pairs_written"])
-    with timer.phase("write_quarantine"):
-        q_stats = {"job": "cooccurrence", "run_date": cfg.run_date.isoformat(), "quarantined": by_reason,
-                   "quarantined_total": counts["quarantined"], "events_in": stats["events_in"]}
-        write_partition(spark.table("events_quarantine").repartition(1), cfg.quarantine_out, cfg.run_date,
-                        contracts.QUARANTINE, q_stats, counts["quarantined"])
-    phases = {f"{k}_s": v for k, v in timer.as_dict().items() if k != "total"}
-    stats["timings"] = {**phases, "total_s": round(time.perf_counter() - t0, 3)}
-    # Rewrite the stats with the final timings (the marker is rewritten last).
-    contracts.mark_success(contracts.partition_dir(cfg.out, cfg.run_date), stats)
-    for df in held:
-        release(df)
+        files = discover_event_files(store, events, cfg.window_days_list, cfg.allow_missing_days)
+    notes = notes_files(store, notes_root)
+    work_dir = storage.join(store.qualify(cfg.work_dir or storage.join(out, "_work")),
+                            f"cooccurrence-{cfg.run_date.isoformat()}-{spark.sparkContext.applicationId}")
+    configure_checkpoints(spark, cfg.checkpoint, work_dir)
+    partitions = size_shuffle(spark, files.input_bytes, cfg.shuffle_partition_mb)
+    pairs_commit = partition_commit(store, out, cfg.run_date)
+    quarantine_commit = partition_commit(store, quarantine_out, cfg.run_date)
+    held: list = []
+    try:
+        pairs_commit.recover()
+        quarantine_commit.recover()
+        with timer.phase("classify"):
+            held, counts, by_reason, n_users = classify_events(spark, cfg, files, notes, timer)
+        scored, used_row, pair_counts = score_pairs(spark, cfg, timer)
+        held += scored
+        stats = job_stats(cfg, files, counts, by_reason, n_users, used_row, pair_counts, partitions)
+        with timer.phase("write_pairs"):
+            pairs_commit.write(related_frame(spark, cfg, stats["pairs_written"]), contracts.PAIRS,
+                               stats["pairs_written"])
+        with timer.phase("write_quarantine"):
+            quarantine_commit.write(quarantine_frame(spark, cfg, counts["quarantined"]), contracts.QUARANTINE,
+                                    counts["quarantined"])
+        phases = {f"{k}_s": v for k, v in timer.as_dict().items() if k != "total"}
+        stats["timings"] = {**phases, "total_s": round(time.perf_counter() - t0, 3)}
+        quarantine_commit.publish({"job": "cooccurrence", "run_date": cfg.run_date.isoformat(),
+                                   "quarantined": by_reason, "quarantined_total": counts["quarantined"],
+                                   "events_in": stats["events_in"]})
+        pairs_commit.publish(stats)
+    except BaseException:
+        pairs_commit.abandon()
+        quarantine_commit.abandon()
+        raise
+    finally:
+        for df in held:
+            release(df)
+        store.delete(work_dir)
     return stats
 
 
-def read_pairs(pairs_root: str | Path, run_date) -> "pyarrow.Table":  # noqa: F821
-    """Downstream read of one mined partition: refused unless it has _SUCCESS."""
-    part = contracts.partition_dir(pairs_root, run_date)
-    contracts.require_success(part)
-    return contracts.read_table(part, contracts.PAIRS)
+def read_pairs(pairs_root: str, run_date) -> "pyarrow.Table":  # noqa: F821
+    """Downstream read of one mined partition (local or pyarrow-reachable):
+    refused unless it has _SUCCESS; reads the files the partition lists as data."""
+    import pyarrow as pa
+
+    part = storage.join(pairs_root, f"dt={run_date.isoformat() if hasattr(run_date, 'isoformat') else run_date}")
+    try:
+        require_success(storage.LOCAL, part, "pairs")
+    except InputError as exc:
+        raise contracts.ContractError(part, None, str(exc)) from exc
+    tables = [contracts.read_table(storage.LOCAL.qualify(e.uri), contracts.PAIRS)
+              for e in storage.LOCAL.list_files(part, ".parquet")]
+    return pa.concat_tables(tables) if tables else contracts.empty_table(contracts.PAIRS)
 
 
 # --------------------------------------------------------------------------
 # CLI
 
 
+def is_local_run(cfg: Config) -> bool:
+    """A plain ``python -m`` run on a local master over local paths: the
+    inputs can be checked before a JVM starts, with the same answer Spark's
+    filesystem would give."""
+    paths = (cfg.events, cfg.notes, cfg.out, cfg.quarantine_out)
+    return (not launched_by_spark_submit() and cfg.master.startswith("local")
+            and all(storage.scheme_of(p) in ("", "file") for p in paths))
+
+
 def command(cfg: Config, timer: cli.Timer) -> dict:
-    with timer.phase("check_inputs"):   # before paying for a JVM
-        files = discover_event_files(cfg.events, cfg.window_days_list, cfg.allow_missing_days)
-        notes_files(cfg.notes)
+    files = None
+    if is_local_run(cfg):
+        with timer.phase("check_inputs"):   # before paying for a JVM
+            files = discover_event_files(storage.LOCAL, storage.LOCAL.qualify(cfg.events), cfg.window_days_list,
+                                         cfg.allow_missing_days)
+            notes_files(storage.LOCAL, cfg.notes)
     with timer.phase("spark_start"):
         spark = start_spark("notellm-cooccurrence", cfg)
     try:

@@ -18,21 +18,23 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import shutil
-from pathlib import Path
+import math
 from typing import Callable, Iterable
 
-import pyarrow.parquet as pq
-
 from jobs import sql_template
-from notellm import contracts
+from notellm import contracts, storage
 from notellm.cli import BadInput
 from notellm.contracts import ContractError
+from notellm.storage import FileEntry, Storage, StorageError, parquet_metadata
 
 log = logging.getLogger(__name__)
 
 # Views of sql/cooccurrence_score.sql computed once and kept (read by several later statements).
 MATERIALISED_VIEWS = ("cooc_capped_events", "cooc_pair_candidates")
+# Spark setting (set by :func:`configure_checkpoints`) naming where checkpoints
+# are staged as Parquet; unset = local checkpoints (executor block storage).
+CHECKPOINT_DIR_CONF = "spark.notellm.checkpointDir"
+CHECKPOINT_MODES = ("auto", "local", "reliable")
 
 
 class InputError(BadInput):
@@ -40,46 +42,54 @@ class InputError(BadInput):
 
 
 # --------------------------------------------------------------------------
-# input discovery (pure Python, before any JVM starts: bad input fails fast)
+# input discovery (footers only: bad input fails before any data is read)
 
 @dataclasses.dataclass
 class EventFiles:
     contract: list[str]
     landing: list[str]
     missing_days: list[str]
+    input_bytes: int = 0
 
     @property
     def all(self) -> list[str]:
         return self.contract + self.landing
 
 
-def parquet_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*.parquet") if not p.name.startswith((".", "_")))
+def parquet_files(store: Storage, directory: str) -> list[FileEntry]:
+    """The committed Parquet files below ``directory`` (nothing under ``_temporary/`` or hidden)."""
+    return store.list_files(directory, ".parquet")
 
 
-def discover_event_files(events_root: Path, days: list[dt.date], allow_missing_days: bool) -> EventFiles:
+def read_schema(store: Storage, uri: str, what: str):
+    try:
+        return parquet_metadata(store, uri).schema.to_arrow_schema()
+    except Exception as exc:  # noqa: BLE001 - any unreadable footer is the same input error
+        raise InputError(f"{what}: {uri}: unreadable as Parquet: {exc}") from exc
+
+
+def discover_event_files(store: Storage, events_root: str, days: list[dt.date],
+                         allow_missing_days: bool) -> EventFiles:
     """List the window's event files and tell contract files (typed
     event_time) from landing files (all strings) by their Parquet footer."""
-    if not events_root.is_dir():
+    if not store.is_dir(events_root):
         raise InputError(f"events: {events_root} is not a directory (expected {events_root}/dt=YYYY-MM-DD/*.parquet)")
     found = EventFiles([], [], [])
     for day in days:
-        files = parquet_files(contracts.partition_dir(events_root, day))
+        files = parquet_files(store, storage.join(events_root, f"dt={day.isoformat()}"))
         if not files:
             found.missing_days.append(day.isoformat())
-        for path in files:
-            try:
-                schema = pq.read_schema(path)
-            except Exception as exc:  # noqa: BLE001 - any unreadable footer is the same input error
-                raise InputError(f"events: {path}: unreadable as Parquet: {exc}") from exc
+        for entry in files:
+            schema = read_schema(store, entry.uri, "events")
             idx = schema.get_field_index("event_time")
             form = contracts.EVENTS_LANDING if idx >= 0 and str(schema.field(idx).type) in ("string", "large_string") \
                 else contracts.EVENTS
             try:
-                contracts.validate_schema(schema, form, str(path))
+                contracts.validate_schema(schema, form, entry.uri)
             except ContractError as exc:
                 raise InputError(f"events: {exc}") from exc
-            (found.landing if form is contracts.EVENTS_LANDING else found.contract).append(str(path))
+            (found.landing if form is contracts.EVENTS_LANDING else found.contract).append(entry.uri)
+            found.input_bytes += entry.size
     if found.missing_days and (not allow_missing_days or not found.all):
         shown = ", ".join(found.missing_days[:10]) + (f" (+{len(found.missing_days) - 10} more)"
                                                        if len(found.missing_days) > 10 else "")
@@ -89,18 +99,23 @@ def discover_event_files(events_root: Path, days: list[dt.date], allow_missing_d
     return found
 
 
-def notes_files(notes: Path) -> list[str]:
-    files = [notes] if notes.is_file() else parquet_files(notes) if notes.is_dir() else []
+def notes_files(store: Storage, notes: str) -> list[str]:
+    kind = store.info(notes)
+    files = ([FileEntry(notes, 0)] if kind == "file" else parquet_files(store, notes) if kind == "dir" else [])
     if not files:
         raise InputError(f"notes: no Parquet file at {notes}")
-    for path in files:
+    for entry in files:
         try:
-            contracts.validate_schema(pq.read_schema(path), contracts.NOTES, str(path))
+            contracts.validate_schema(read_schema(store, entry.uri, "notes"), contracts.NOTES, entry.uri)
         except ContractError as exc:
             raise InputError(f"notes: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(f"notes: {path}: unreadable as Parquet: {exc}") from exc
-    return [str(p) for p in files]
+    return [e.uri for e in files]
+
+
+def qualify_all(store: Storage, *uris: str) -> list[str]:
+    """Every URI fully qualified by the job's filesystem (scheme-less = its default FS),
+    so the driver lists exactly what the executors will read."""
+    return [store.qualify(u) for u in uris]
 
 
 # --------------------------------------------------------------------------
@@ -132,9 +147,23 @@ def register_inputs(spark, files: EventFiles, notes: list[str]) -> None:
     events = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
     events.createOrReplaceTempView("events_input")
     spark.read.parquet(*notes).createOrReplaceTempView("notes_input")   # every column: jobs.split reads more
-    # Dense keys in note_id order: integer joins/sorts, and key order = id order for tie-breaking.
-    spark.sql("SELECT note_id, CAST(ROW_NUMBER() OVER (ORDER BY note_id) AS BIGINT) AS note_key "
-              "FROM (SELECT DISTINCT note_id FROM notes_input) n").createOrReplaceTempView("note_keys")
+    ordered_keys(spark.sql("SELECT DISTINCT note_id FROM notes_input"), "note_id", "note_key") \
+        .createOrReplaceTempView("note_keys")
+
+
+def ordered_keys(ids, id_col: str, key_col: str):
+    """``(id, key)`` with BIGINT keys that are unique and in ``id`` order
+    (key order = id order, so the SQL's tie-breaks on keys are tie-breaks on
+    ids), computed without a single-partition step: the ids are range
+    partitioned and sorted within each partition, and the key is
+    ``monotonically_increasing_id()`` = partition index * 2^33 + position,
+    which grows with the range. The keys are not dense (nothing needs them
+    dense) and depend on the sampled range bounds, so checkpoint the frame
+    (:func:`checkpoint_view`) before more than one query reads it."""
+    from pyspark.sql import functions as F
+
+    return (ids.repartitionByRange(id_col).sortWithinPartitions(id_col)
+            .select(id_col, F.monotonically_increasing_id().alias(key_col)))
 
 
 
@@ -182,10 +211,65 @@ def start_spark(app_name: str, options):
                        options.spark_conf())
 
 
+def is_local_master(spark) -> bool:
+    return spark.sparkContext.master.startswith("local")
+
+
+def configure_checkpoints(spark, mode: str, work_dir: str) -> str | None:
+    """Choose how :func:`checkpoint_view` keeps materialised views; return the
+    Parquet staging folder (None = local checkpoints).
+
+    * ``local``: ``localCheckpoint`` (executor block storage; fast, but a lost
+      executor loses blocks nothing can recompute, and the job fails);
+    * ``reliable``: Parquet files under ``work_dir`` (a filesystem every
+      executor reaches): a lost executor's tasks re-read them;
+    * ``auto``: ``local`` when the master is local (one JVM: losing an
+      executor means losing the job anyway), ``reliable`` on a cluster."""
+    if mode not in CHECKPOINT_MODES:
+        raise ValueError(f"checkpoint mode must be one of {CHECKPOINT_MODES}, got {mode!r}")
+    reliable = mode == "reliable" or (mode == "auto" and not is_local_master(spark))
+    if reliable:
+        folder = storage.join(work_dir, "checkpoints")
+        spark.conf.set(CHECKPOINT_DIR_CONF, folder)
+        return folder
+    spark.conf.unset(CHECKPOINT_DIR_CONF)
+    return None
+
+
+def size_shuffle(spark, input_bytes: int, partition_mb: int) -> int:
+    """Size the shuffles from the data: AQE on, an advisory partition size of
+    ``partition_mb``, and an initial partition count of
+    ceil(input_bytes * SHUFFLE_EXPANSION / advisory) (at least
+    ``spark.default.parallelism``), which AQE then coalesces. A count the user
+    fixed (:data:`jobs.spark_session.SHUFFLE_FIXED_CONF`) is left alone.
+    Returns the initial count."""
+    from jobs.spark_session import SHUFFLE_FIXED_CONF
+
+    advisory = partition_mb * 2**20
+    explicit = spark.conf.get(SHUFFLE_FIXED_CONF, "false") == "true"
+    spark.conf.set("spark.sql.adaptive.enabled", "true")
+    spark.conf.set("spark.sql.adaptive.advisoryPartitionSizeInBytes", str(advisory))
+    if explicit:
+        return int(spark.conf.get("spark.sql.shuffle.partitions"))
+    floor = max(2, spark.sparkContext.defaultParallelism)
+    count = max(floor, math.ceil(input_bytes * SHUFFLE_EXPANSION / advisory))
+    spark.conf.set("spark.sql.shuffle.partitions", str(count))
+    spark.conf.set("spark.sql.adaptive.coalescePartitions.initialPartitionNum", str(count))
+    return count
+
+
+# Shuffled bytes of the job's largest shuffle per byte of input Parquet (the
+# classified events keyed by user: ids uncompressed, keys, times), measured
+# by bench/bench_cooccurrence.py's cluster runs (docs/benchmarks.md).
+SHUFFLE_EXPANSION = 4.0
+
+
 def persist_view(spark, view: str):
     """Cache a temp view (memory, spilling to disk) and point the view at the
     cached frame; the first action on it fills the cache, and later queries
-    whose plans contain it read the cached rows (Spark matches them by plan)."""
+    whose plans contain it read the cached rows (Spark matches them by plan).
+    A lost block is recomputed from the lineage, so only deterministic views
+    may be persisted (use :func:`checkpoint_view` otherwise)."""
     from pyspark import StorageLevel
 
     df = spark.table(view).persist(StorageLevel.MEMORY_AND_DISK)
@@ -193,18 +277,28 @@ def persist_view(spark, view: str):
     return df
 
 
-def checkpoint_view(spark, view: str):
-    """Compute a temp view once (one Spark job), keep its rows on the executors
-    (memory, spilling to disk) and point the view at them, cutting the lineage.
+def checkpoint_view(spark, view: str, df=None):
+    """Compute a temp view once (one Spark job), keep its rows and point the
+    view at them, cutting the lineage; ``df`` (default: the view itself) is
+    what gets computed, e.g. the view with an ``observe`` attached.
 
-    Used where ``persist_view`` would not help: a plan that reads the files'
-    ``_metadata`` column never matches its own cache entry (the metadata
-    attributes do not canonicalise alike), so every later query re-read and
-    re-classified the raw files (found with the Spark event log: the raw scan
-    ran once per action)."""
-    df = spark.table(view).localCheckpoint(eager=True)
-    df.createOrReplaceTempView(view)
-    return df
+    Where the rows are kept is :func:`configure_checkpoints`' choice: local
+    checkpoints, or Parquet under the job's work dir on a cluster (a lost
+    executor then costs a re-read, not the job). Used where ``persist_view``
+    would not help: a plan that reads the files' ``_metadata`` column never
+    matches its own cache entry (the metadata attributes do not canonicalise
+    alike), so every later query re-read and re-classified the raw files
+    (found with the Spark event log: the raw scan ran once per action)."""
+    df = spark.table(view) if df is None else df
+    folder = spark.conf.get(CHECKPOINT_DIR_CONF, "")
+    if folder:
+        target = storage.join(folder, view)
+        df.write.mode("overwrite").parquet(target)
+        kept = spark.read.parquet(target)
+    else:
+        kept = df.localCheckpoint(eager=True)
+    kept.createOrReplaceTempView(view)
+    return kept
 
 
 def broadcast_if_small(spark, view: str, rows: int, bytes_per_row: int = 64) -> bool:
@@ -247,18 +341,18 @@ def release(df) -> None:
         pass
 
 
-def check_written(part: Path, contract, rows: int) -> None:
-    """Check a written partition from its Parquet footers only: every file
+def check_written(store: Storage, part: str, contract, rows: int) -> None:
+    """Check a written folder from its Parquet footers only: every file
     has the contract's columns and types, the non-nullable columns have no
     nulls (row-group statistics) and the row counts add up to ``rows``.
     Reading footers costs the same for 10 rows or 10^9; reading the data
     back, as an earlier version did, cost a Spark job per output."""
-    files = parquet_files(part)
+    files = parquet_files(store, part)
     found = 0
-    for path in files:
-        meta = pq.ParquetFile(path).metadata
+    for entry in files:
+        meta = parquet_metadata(store, entry.uri)
         schema = meta.schema.to_arrow_schema()
-        contracts.validate_schema(schema, contract, str(path))
+        contracts.validate_schema(schema, contract, entry.uri)
         found += meta.num_rows
         for field in contract.schema:
             if field.nullable:
@@ -267,28 +361,131 @@ def check_written(part: Path, contract, rows: int) -> None:
             for g in range(meta.num_row_groups):
                 st = meta.row_group(g).column(idx).statistics
                 if st is not None and st.has_null_count and st.null_count:
-                    raise ContractError(str(path), field.name,
+                    raise ContractError(entry.uri, field.name,
                                         f"{st.null_count} null value(s) in a non-nullable column")
     if found != rows:
         raise RuntimeError(f"{part}: expected {rows} rows but the Parquet footers of {len(files)} file(s) "
                            f"count {found}")
 
 
-def write_partition(df, root: Path, run_date: dt.date, contract, stats: dict, rows: int) -> Path:
-    """Replace ``root/dt=run_date`` with ``df`` (dynamic partition overwrite),
-    check the written files under ``contract`` (footers), then write stats
-    and _SUCCESS."""
+def output_files(rows: int, rows_per_file: int) -> int:
+    """How many files ``rows`` rows are written as (at least one)."""
+    return max(1, math.ceil(rows / max(1, rows_per_file)))
+
+
+def _write_empty(store: Storage, target: str, contract) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(contracts.empty_table(contract), sink)
+    store.mkdirs(target)
+    store.write_bytes(storage.join(target, "part-00000.parquet"), sink.getvalue().to_pybytes())
+
+
+def write_folder(store: Storage, df, target: str, contract, rows: int | None = None) -> int:
+    """Write ``df`` (already laid out: partitions = files) as Parquet into the
+    new folder ``target`` and check that the footers count ``rows``; with
+    ``rows=None`` the rows are counted while they are written (an observation:
+    no second pass) and the footers must agree. An empty frame gets one empty
+    file with the contract's schema. Returns the rows."""
+    if rows == 0:
+        _write_empty(store, target, contract)
+    else:
+        frame, observed = (df, None) if rows is not None else observed_rows(df, "written_rows")
+        frame.write.mode("errorifexists").parquet(target)
+        if rows is None:
+            rows = observed()
+            if rows == 0 and not parquet_files(store, target):
+                _write_empty(store, target, contract)
+    check_written(store, target, contract, rows)
+    return rows
+
+
+class FolderCommit:
+    """Replace the folder ``final`` as a unit: write a staging folder, check it,
+    mark it (``_stats.json``, then ``_SUCCESS``), then swap it in.
+
+    The old folder is untouched until the new one is complete and marked: a
+    failed check or a crash before the swap leaves it as it was (the staging
+    folder is hidden under ``<parent>/_staging/`` and removed by the next run
+    of the same folder). The swap is two renames (old -> ``<parent>/_trash/``,
+    staging -> final); a reader meanwhile finds no folder (never a partial
+    one), and a run killed between them leaves the old folder in ``_trash/``,
+    which :meth:`recover` moves back before anything else. Hidden folders
+    (``_staging``, ``_trash``) are invisible to Spark's and the jobs' listings."""
+
+    def __init__(self, store: Storage, final: str):
+        self.store, self.final = store, final.rstrip("/")
+        self.parent, self.name = self.final.rsplit("/", 1)
+        self.staging = storage.join(self.parent, "_staging", storage.temp_name(self.name).lstrip("."))
+        self.trash = storage.join(self.parent, "_trash", storage.temp_name(self.name).lstrip("."))
+
+    def _leftovers(self, folder: str) -> list[str]:
+        """This folder's copies under ``<parent>/<folder>/`` (left by killed or earlier runs)."""
+        base = storage.join(self.parent, folder)
+        return [storage.join(base, name) for name in self.store.children(base) if name.startswith(f"{self.name}.tmp-")]
+
+    def recover(self) -> None:
+        """Undo a swap that was killed halfway; drop earlier runs' staging folders."""
+        if not self.store.exists(self.final):
+            marked = [t for t in self._leftovers("_trash")
+                      if self.store.exists(storage.join(t, contracts.SUCCESS_MARKER))]
+            if marked:
+                log.warning("restoring %s from %s (a run was killed during its swap)", self.final, marked[0])
+                self.store.rename(marked[0], self.final)
+        for leftover in self._leftovers("_trash") + self._leftovers("_staging"):
+            self.store.delete(leftover)
+
+    def write(self, df, contract, rows: int | None = None, sub: str = "") -> int:
+        """Write ``df`` into the staging folder (or its sub-folder ``sub``); see :func:`write_folder`."""
+        return write_folder(self.store, df, storage.join(self.staging, sub) if sub else self.staging, contract, rows)
+
+    def publish(self, stats: dict) -> str:
+        mark_success(self.store, self.staging, stats)
+        if self.store.exists(self.final):
+            self.store.mkdirs(storage.join(self.parent, "_trash"))
+            self.store.rename(self.final, self.trash)
+        self.store.rename(self.staging, self.final)
+        self.store.delete(self.trash)
+        return self.final
+
+    def abandon(self) -> None:
+        self.store.delete(self.staging)
+
+
+def partition_commit(store: Storage, root: str, day: dt.date) -> FolderCommit:
+    """The commit of the day partition ``<root>/dt=<day>``."""
+    return FolderCommit(store, storage.join(root, f"dt={day.isoformat()}"))
+
+
+def observed_rows(df, name: str):
+    """``(df with a row-count observation, getter)``: the count of the rows an
+    action on the frame wrote, observed while they streamed (no second pass)."""
+    from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    part = contracts.partition_dir(root, run_date)
-    if rows == 0:
-        # Spark writes no partition for an empty frame, which would leave a stale one.
-        if part.exists():
-            shutil.rmtree(part)
-        contracts.write_table(contracts.empty_table(contract), part / "part-00000.parquet", contract)
-    else:
-        (df.withColumn("dt", F.lit(run_date.isoformat()))
-           .write.mode("overwrite").partitionBy("dt").parquet(str(root)))
-    check_written(part, contract, rows)
-    contracts.mark_success(part, stats)
-    return part
+    observation = Observation(name)
+    return df.observe(observation, F.count(F.lit(1)).alias("rows")), lambda: int(observation.get["rows"])
+
+
+def mark_success(store: Storage, folder: str, stats: dict) -> None:
+    """``_stats.json``, then ``_SUCCESS`` (last: its presence means all before it was written)."""
+    store.write_json(storage.join(folder, contracts.STATS_FILE), stats)
+    store.write_bytes(storage.join(folder, contracts.SUCCESS_MARKER), b"")
+
+
+def require_success(store: Storage, folder: str, what: str) -> dict:
+    """Refuse a folder without ``_SUCCESS``; return its stats."""
+    if not store.exists(storage.join(folder, contracts.SUCCESS_MARKER)):
+        raise InputError(f"{what}: {folder}: no {contracts.SUCCESS_MARKER} marker: the partition is incomplete "
+                         f"or still being written")
+    stats_uri = storage.join(folder, contracts.STATS_FILE)
+    return store.read_json(stats_uri) if store.exists(stats_uri) else {}
+
+
+__all__ = ["CHECKPOINT_MODES", "EventFiles", "FolderCommit", "InputError", "MATERIALISED_VIEWS", "StorageError",
+           "broadcast_if_small", "check_written", "checkpoint_view", "configure_checkpoints", "discover_event_files",
+           "mark_success", "notes_files", "observed_rows", "ordered_keys", "output_files", "parquet_files",
+           "partition_commit", "persist_view", "qualify_all", "register_inputs", "release", "require_success",
+           "run_sql", "size_shuffle", "start_spark", "view_name", "write_folder"]

@@ -2,8 +2,8 @@
 
 Local defaults are chosen for a laptop or CI box: loopback networking (no
 hostname lookup, no firewall prompts), no web UI, few shuffle partitions
-(Spark's default of 200 makes tiny jobs spend their time scheduling empty
-tasks), file lists listed on the driver (not by a Spark job of one task per
+until the job sizes them from its input (Spark's default of 200 makes tiny
+jobs spend their time scheduling empty tasks), file lists listed on the driver (not by a Spark job of one task per
 file), UTC session time zone (event days are UTC days), and the settings the
 jobs' output protocol relies on:
 
@@ -37,6 +37,8 @@ import os
 log = logging.getLogger(__name__)
 DEFAULT_MASTER = "local[*]"
 CDS_ARCHIVE_ENV = "NOTELLM_SPARK_CDS_ARCHIVE"
+# "true" when the user fixed spark.sql.shuffle.partitions; the jobs then do not size it from their input.
+SHUFFLE_FIXED_CONF = "spark.notellm.shufflePartitionsFixed"
 
 
 def usable_archive_path(path: str) -> bool:
@@ -86,21 +88,27 @@ def build_spark(app_name: str, master: str = DEFAULT_MASTER, shuffle_partitions:
     ``driver_memory`` only takes effect when this call starts the JVM (a plain
     ``python -m jobs...``); under ``spark-submit`` pass ``--driver-memory``.
     """
+    from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
     if launched_by_spark_submit():
         # spark-submit already chose the master (e.g. from Airflow's spark connection);
         # overriding it here would silently run a cluster job in local mode.
-        from pyspark import SparkConf, SparkContext
+        from pyspark import SparkContext
 
         SparkContext._ensure_initialized()  # connect to spark-submit's JVM so SparkConf sees its settings
         master = SparkConf().get("spark.master", master)
     else:
         builder = builder.master(master)
+    submitted = SparkConf().getAll() if launched_by_spark_submit() else []
+    user_fixed = shuffle_partitions is not None or any(k == "spark.sql.shuffle.partitions" for k, _ in submitted) \
+        or "spark.sql.shuffle.partitions" in (extra_conf or {})
     conf = {
         "spark.sql.session.timeZone": "UTC",
-        "spark.sql.shuffle.partitions": str(shuffle_partitions or default_shuffle_partitions(master)),
+        # A count the user fixed (flag, --conf of spark-submit or of the job) is kept as it is;
+        # otherwise this default holds until the job sizes the shuffles from its input.
+        SHUFFLE_FIXED_CONF: str(user_fixed).lower(),
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
         "spark.sql.requireAllClusterKeysForCoPartition": "false",
@@ -108,6 +116,8 @@ def build_spark(app_name: str, master: str = DEFAULT_MASTER, shuffle_partitions:
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.ui.showConsoleProgress": "false",
     }
+    if not any(k == "spark.sql.shuffle.partitions" for k, _ in submitted):
+        conf["spark.sql.shuffle.partitions"] = str(shuffle_partitions or default_shuffle_partitions(master))
     if master.startswith("local"):
         conf.update({
             "spark.driver.host": "127.0.0.1",
@@ -134,10 +144,4 @@ def build_spark(app_name: str, master: str = DEFAULT_MASTER, shuffle_partitions:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    try:  # the dense-key ROW_NUMBER over small key tables is a single-partition window on purpose
-        jvm = spark.sparkContext._jvm
-        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
-            "org.apache.spark.sql.execution.window.WindowExec", jvm.org.apache.logging.log4j.Level.ERROR)
-    except Exception:  # noqa: BLE001 - logging tweak only; absent under Spark Connect
-        pass
     return spark

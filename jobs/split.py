@@ -16,10 +16,13 @@ Definitions (train run date T, test run date S, both mined by
   window) in S's window, plus notes created in that window, plus every test
   pair endpoint.
 
-Output (replaced as a whole on rerun): ``<out>/train_pairs/``,
+Output (replaced as a whole on rerun, through a staging folder and a swap:
+:class:`jobs.spark_input.FolderCommit`): ``<out>/train_pairs/``,
 ``<out>/test_pairs/`` (PAIRS contract), ``<out>/pool/`` (POOL contract),
 ``<out>/split.json`` (parameters and counts), then ``_stats.json`` and
-``_SUCCESS``.
+``_SUCCESS``. Paths are URIs (``hdfs://``, ``s3a://``, ``file://`` or plain);
+the split runs where the mining job runs (``spark-submit`` on the cluster),
+each table written as many files (ranges of its sort key; AQE sizes them).
 
 Run: ``python -m jobs.split --pairs P --train-date 2026-11-13 --test-date
 2026-11-20 --notes N --events E --out O [--max-pairs-per-category-pair K]``;
@@ -38,43 +41,49 @@ if __package__ in (None, ""):  # spark-submit jobs/split.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.config import SplitConfig
-from jobs.spark_input import InputError, discover_event_files, notes_files, register_inputs, start_spark
-from notellm import cli, contracts
-from notellm.contracts import ContractError
-from notellm.files import atomic_write_json
+from jobs.spark_input import (
+    FolderCommit,
+    InputError,
+    discover_event_files,
+    mark_success,
+    notes_files,
+    qualify_all,
+    register_inputs,
+    require_success,
+    start_spark,
+)
+from jobs.spark_session import launched_by_spark_submit
+from notellm import cli, contracts, storage
+from notellm.storage import Storage
 
 __all__ = ["InputError", "SplitConfig", "check_inputs", "main", "run"]
+TABLES = (("train_pairs", "split_train", contracts.PAIRS, ("src_note_id", "rank")),
+          ("test_pairs", "split_test", contracts.PAIRS, ("src_note_id", "rank")),
+          ("pool", "split_pool", contracts.POOL, ("note_id",)))
 
 
-def _window(part: Path) -> tuple[dt.date, dt.date]:
-    try:
-        stats = contracts.require_success(part)
-    except ContractError as exc:
-        raise InputError(f"pairs: {exc}") from exc
+def _window(store: Storage, part: str) -> tuple[dt.date, dt.date]:
+    stats = require_success(store, part, "pairs")
     try:
         return dt.date.fromisoformat(stats["window_start"]), dt.date.fromisoformat(stats["window_end"])
     except (KeyError, ValueError) as exc:
         raise InputError(f"pairs: {part}/_stats.json has no window_start/window_end") from exc
 
 
-def check_inputs(cfg: SplitConfig):
-    train_part = contracts.partition_dir(cfg.pairs, cfg.train_date)
-    test_part = contracts.partition_dir(cfg.pairs, cfg.test_date)
-    train_window, test_window = _window(train_part), _window(test_part)
+def check_inputs(store: Storage, cfg: SplitConfig):
+    pairs, events, notes = qualify_all(store, cfg.pairs, cfg.events, cfg.notes)
+    train_part = storage.join(pairs, f"dt={cfg.train_date.isoformat()}")
+    test_part = storage.join(pairs, f"dt={cfg.test_date.isoformat()}")
+    train_window, test_window = _window(store, train_part), _window(store, test_part)
     if test_window[0] <= train_window[1]:
         raise InputError(f"the test window {test_window[0]}..{test_window[1]} must start after the train window "
                          f"{train_window[0]}..{train_window[1]} ends (test pairs come from a later period)")
     if cfg.max_pairs_per_category_pair < 0:
         raise InputError("--max-pairs-per-category-pair must be >= 0 (0 = no balancing)")
-    # The test window's event files (for the pool) and the notes, checked before a JVM starts.
+    # The test window's event files (for the pool) and the notes, checked before any data is read.
     days = [test_window[0] + dt.timedelta(days=i) for i in range((test_window[1] - test_window[0]).days + 1)]
-    files = discover_event_files(cfg.events, days, cfg.allow_missing_days)
-    return train_part, test_part, train_window, test_window, files, notes_files(cfg.notes)
-
-
-def write_frame(df, path: Path, contract) -> int:
-    df.repartition(1).write.mode("overwrite").parquet(str(path))
-    return contracts.read_table(path, contract).num_rows
+    files = discover_event_files(store, events, days, cfg.allow_missing_days)
+    return train_part, test_part, train_window, test_window, files, notes_files(store, notes)
 
 
 def define_views(spark, k: int, start: str, end_excl: str) -> None:
@@ -117,19 +126,20 @@ def define_views(spark, k: int, start: str, end_excl: str) -> None:
         LEFT ANTI JOIN split_train_notes t ON t.note_id = pool.note_id""")
 
 
-def write_tables(spark, out: Path) -> dict:
-    """Write the three tables; return the counts (written rows from the footers)."""
+def write_tables(spark, commit: FolderCommit) -> dict:
+    """Write the three tables into the commit's staging folder; return the
+    counts (each written table's rows observed during its write, and checked
+    against its footers)."""
     counts = {
         "train_pairs_mined": spark.table("split_train_all").count(),
         "test_pairs_mined": spark.table("split_test_all").count(),
         "train_notes": spark.table("split_train_notes").count(),
     }
-    counts["train_pairs"] = write_frame(spark.table("split_train").sortWithinPartitions("src_note_id", "rank"),
-                                        out / "train_pairs", contracts.PAIRS)
-    counts["test_pairs"] = write_frame(spark.table("split_test").sortWithinPartitions("src_note_id", "rank"),
-                                       out / "test_pairs", contracts.PAIRS)
-    counts["pool_notes"] = write_frame(spark.table("split_pool").sortWithinPartitions("note_id"),
-                                       out / "pool", contracts.POOL)
+    for name, view, contract, order in TABLES:
+        # Range partitions of the sort key (AQE sizes them from the data): no single-partition step,
+        # and each file covers a key range a reader can prune by its footer statistics.
+        frame = spark.table(view).repartitionByRange(*order).sortWithinPartitions(*order)
+        counts["pool_notes" if name == "pool" else name] = commit.write(frame, contract, sub=name)
     counts["test_queries"] = spark.table("split_test").select("src_note_id").distinct().count()
     return counts
 
@@ -138,50 +148,64 @@ def run(spark, cfg: SplitConfig, timer: cli.Timer | None = None) -> dict:
     """Write the split; return its parameters, counts and timings (``split.json``)."""
     timer = timer or cli.Timer()
     t0 = time.perf_counter()
-    train_part, test_part, train_window, test_window, files, notes = check_inputs(cfg)
-    (cfg.out / contracts.SUCCESS_MARKER).unlink(missing_ok=True)   # the old split is invalid from here on
+    store = storage.for_spark(spark)
+    train_part, test_part, train_window, test_window, files, notes = check_inputs(store, cfg)
+    commit = FolderCommit(store, store.qualify(cfg.out))
     k = cfg.max_pairs_per_category_pair
-    with timer.phase("views"):
-        spark.read.parquet(str(train_part)).createOrReplaceTempView("split_train_all")
-        spark.read.parquet(str(test_part)).createOrReplaceTempView("split_test_all")
-        register_inputs(spark, files, notes)   # events_input, notes_input, note_keys
-        define_views(spark, k, test_window[0].isoformat(), (test_window[1] + dt.timedelta(days=1)).isoformat())
-    with timer.phase("write"):
-        counts = write_tables(spark, cfg.out)
-    params = {
-        "pairs": str(cfg.pairs), "notes": str(cfg.notes), "events": str(cfg.events),
-        "train_date": cfg.train_date.isoformat(), "test_date": cfg.test_date.isoformat(),
-        "train_window": [d.isoformat() for d in train_window], "test_window": [d.isoformat() for d in test_window],
-        "max_pairs_per_category_pair": k,
-        "definitions": {
-            "train_notes": "endpoints of all mined train pairs (before balancing)",
-            "test_pairs": "test-date pairs with neither endpoint in train_notes; query = src, ground truth = dst",
-            "pool": "notes with a valid event in the test window or created in it, plus test endpoints, "
-                    "minus train_notes",
-        },
-    }
-    phases = {f"{k}_s": v for k, v in timer.as_dict().items() if k != "total"}
-    split = {**params, "counts": counts, "timings": {**phases, "total_s": round(time.perf_counter() - t0, 3)}}
-    atomic_write_json(cfg.out / "split.json", split)
-    # Each table is a partition of its own for its readers (training refuses an
-    # unmarked pairs folder); the split as a whole is marked last.
-    for name in ("train_pairs", "test_pairs", "pool"):
-        contracts.mark_success(cfg.out / name, {"table": name, "rows": counts[name if name != "pool" else "pool_notes"],
-                                                "split": str(cfg.out)})
-    contracts.mark_success(cfg.out, split)
+    try:
+        commit.recover()
+        with timer.phase("views"):
+            spark.read.parquet(train_part).createOrReplaceTempView("split_train_all")
+            spark.read.parquet(test_part).createOrReplaceTempView("split_test_all")
+            register_inputs(spark, files, notes)   # events_input, notes_input, note_keys
+            define_views(spark, k, test_window[0].isoformat(), (test_window[1] + dt.timedelta(days=1)).isoformat())
+        with timer.phase("write"):
+            counts = write_tables(spark, commit)
+        params = {
+            "pairs": cfg.pairs, "notes": cfg.notes, "events": cfg.events,
+            "train_date": cfg.train_date.isoformat(), "test_date": cfg.test_date.isoformat(),
+            "train_window": [d.isoformat() for d in train_window],
+            "test_window": [d.isoformat() for d in test_window],
+            "max_pairs_per_category_pair": k,
+            "definitions": {
+                "train_notes": "endpoints of all mined train pairs (before balancing)",
+                "test_pairs": "test-date pairs with neither endpoint in train_notes; query = src, ground truth = dst",
+                "pool": "notes with a valid event in the test window or created in it, plus test endpoints, "
+                        "minus train_notes",
+            },
+        }
+        phases = {f"{k}_s": v for k, v in timer.as_dict().items() if k != "total"}
+        split = {**params, "counts": counts, "timings": {**phases, "total_s": round(time.perf_counter() - t0, 3)}}
+        store.write_json(storage.join(commit.staging, "split.json"), split)
+        # Each table is a partition of its own for its readers (training refuses an
+        # unmarked pairs folder); the split as a whole is marked, then swapped in.
+        for name, _, _, _ in TABLES:
+            rows = counts["pool_notes" if name == "pool" else name]
+            mark_success(store, storage.join(commit.staging, name), {"table": name, "rows": rows, "split": cfg.out})
+        commit.publish(split)
+    except BaseException:
+        commit.abandon()
+        raise
     return split
 
 
+def is_local_run(cfg: SplitConfig) -> bool:
+    """Plain ``python -m`` on a local master over local paths: inputs checked before a JVM starts."""
+    return (not launched_by_spark_submit() and cfg.master.startswith("local")
+            and all(storage.scheme_of(p) in ("", "file") for p in (cfg.pairs, cfg.events, cfg.notes, cfg.out)))
+
+
 def command(cfg: SplitConfig, timer: cli.Timer) -> dict:
-    with timer.phase("check_inputs"):   # before paying for a JVM
-        check_inputs(cfg)
+    if is_local_run(cfg):
+        with timer.phase("check_inputs"):   # before paying for a JVM
+            check_inputs(storage.LOCAL, cfg)
     with timer.phase("spark_start"):
         spark = start_spark("notellm-split", cfg)
     try:
         split = run(spark, cfg, timer)
     finally:
         spark.stop()
-    return {"counts": split["counts"], "out": str(cfg.out)}
+    return {"counts": split["counts"], "out": cfg.out}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
+from importlib import resources
 
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+SQL_PACKAGE = "sql"   # the top-level sql/ folder, shipped as package data (pyproject.toml)
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}")
 _SAFE_TEXT = re.compile(r"^[A-Za-z0-9_ :.+\-]*$")
@@ -66,6 +66,11 @@ def render(text: str, params: dict) -> list[str]:
     return [s.strip() for s in rendered.split(";") if s.strip()]
 
 
+def read(name: str) -> str:
+    """The text of ``sql/<name>``, from the installed package, a wheel or a zip on ``sys.path``."""
+    return resources.files(SQL_PACKAGE).joinpath(name).read_text(encoding="utf-8")
+
+
 def load(name: str, params: dict) -> list[str]:
     """Render ``sql/<name>`` (e.g. ``cooccurrence_score.sql``)."""
-    return render((SQL_DIR / name).read_text(), params)
+    return render(read(name), params)
