@@ -13,8 +13,13 @@ Configuration (read at task run time, first hit wins):
 * Environment ``NOTELLM_PYTHON``: the interpreter that has the stage extras
   installed (default: the worker's own).
 * Environment ``NOTELLM_RETRY_DELAY_SECONDS``: retry delay (default 300).
-* Connection ``spark_default`` (type spark): the Spark master; ``local[*]``
-  when defined as ``{"conn_type": "spark", "host": "local[*]"}``.
+* Environment ``NOTELLM_PACKAGE_DIR``: the local folder the Spark jobs are
+  packaged into for spark-submit (``python -m jobs.package``; default
+  ``var/packages`` in the repository).
+* Connection ``spark_default`` (type spark): the Spark master (``local[*]``,
+  ``spark://host:7077``, ``yarn``, ``k8s://...``; deploy mode and queue in its
+  extra). The jobs are submitted from the packaged zip, so a cluster-mode driver
+  needs no repository (docs/operations.md, "Running the Spark jobs on a cluster").
 """
 
 from __future__ import annotations
@@ -72,19 +77,55 @@ def spark_driver_conf() -> dict:
     return {"spark.driver.extraJavaOptions": f"-XX:SharedArchiveFile={SPARK_CDS_ARCHIVE} -Xshare:auto"}
 
 
+PACKAGE_DIR = os.environ.get("NOTELLM_PACKAGE_DIR", str(REPO / "var" / "packages"))
+PACKAGE_TASK = "package_jobs"
+
+
+def packaged(key: str) -> str:
+    """Template of one path of the ``package_jobs`` task's result (``py_files``, or a job's entry script)."""
+    return "{{ ti.xcom_pull(task_ids='%s')['%s'] }}" % (PACKAGE_TASK, key)
+
+
+def package_jobs() -> dict:
+    """Package the Spark jobs (content-addressed: a rerun reuses the same files)."""
+    return last_json_line(run_stage([python(), "-m", "jobs.package", "--out", PACKAGE_DIR]))
+
+
+def spark_submit_conf() -> dict:
+    """The submit conf both Spark DAGs use. No shuffle partition count: the jobs
+    size their shuffles from the input bytes (jobs.spark_input.size_shuffle);
+    a ``spark.sql.shuffle.partitions`` in the connection or spark-defaults wins."""
+    return {"spark.ui.enabled": "false", **spark_driver_conf()}
+
+
+def spark_env() -> dict:
+    """The driver and the executors run the interpreter that has the ``spark`` extra."""
+    return {"PYSPARK_PYTHON": python(), "PYSPARK_DRIVER_PYTHON": python()}
+
+
+def layout() -> Layout:
+    """notellm.layout's URIs under the run-time data root (strings: the root may be hdfs:// or s3a://)."""
+    return Layout(root_uri())
+
+
 # Template used by operator arguments (rendered at run time, not parse time).
 ROOT_TEMPLATE = "{{ var.value.get('notellm_root', '" + DEFAULT_ROOT + "') }}"
 
 
-def data_root() -> Path:
-    """The data root at task run time (Variable, then environment, then default)."""
+def root_uri() -> str:
+    """The data root at task run time (Variable, then environment, then default), as given: a path or a URI."""
     from airflow.sdk import Variable
 
     try:
         value = Variable.get("notellm_root", default=None)
     except Exception:  # no metadata DB reachable (e.g. plain unit use): fall back
         value = None
-    return Path(value or os.environ.get("NOTELLM_ROOT") or DEFAULT_ROOT)
+    return value or os.environ.get("NOTELLM_ROOT") or DEFAULT_ROOT
+
+
+def data_root() -> Path:
+    """The data root as a local Path (the stages that still take local paths)."""
+    return Path(root_uri())
 
 
 def paths(root: Path | None = None) -> dict[str, Path]:

@@ -4,13 +4,16 @@
 Turns the click log of the 7 days ending at the run's **logical date** into
 related-note pairs (NoteLLM co-occurrence scores) with the Spark job
 `jobs/cooccurrence.py`, submitted through the `spark_default` connection
-(`local[*]` by default; point it at a cluster to scale out).
+(`local[*]` by default; `spark://`, `yarn` or `k8s://` to scale out). Paths
+are URIs under the `notellm_root` Variable (`hdfs://`, `s3a://`, `file://`).
 
 1. `check_click_log` fails loudly when the logical date's click-log partition is
    missing or empty (retried: late data may still land).
-2. `mine_pairs` runs `spark-submit jobs/cooccurrence.py` for that date; the job
+2. `package_jobs` packages the jobs (`python -m jobs.package`: one zip for
+   `--py-files` and an entry script; content-addressed, so reruns reuse it).
+3. `mine_pairs` spark-submits the packaged job for that date; the job
    rewrites only its own `pairs/dt=<date>/` partition, so reruns are idempotent.
-3. `check_pairs` refuses a partition without `_SUCCESS`, checks the statistics
+4. `check_pairs` refuses a partition without `_SUCCESS`, checks the statistics
    (too few events or pairs fails the run) and emits the `notellm_pairs` Asset
    with the partition in the event extra.
 """
@@ -27,7 +30,16 @@ from airflow.sdk import Param, dag, task
 # Airflow 3 does not put the DAG folder on sys.path; the shared helpers live beside this file.
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
-from notellm_common import DEFAULT_ARGS, PAIRS_ASSET, REPO, ROOT_TEMPLATE, python, spark_driver_conf
+from notellm_common import (
+    DEFAULT_ARGS,
+    PACKAGE_TASK,
+    PAIRS_ASSET,
+    ROOT_TEMPLATE,
+    package_jobs,
+    packaged,
+    spark_env,
+    spark_submit_conf,
+)
 
 # The job's settings are defined once, in jobs.config (standard library only: no Spark at parse time).
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
@@ -84,54 +96,58 @@ def _param(name: str, **schema) -> Param:
 def notellm_pair_mining():
     @task
     def check_click_log(ds=None, params=None) -> dict:
-        """The logical date's click-log partition must exist and hold rows."""
-        import pyarrow.parquet as pq
-        from notellm_common import paths
+        """The logical date's click-log partition must exist and hold rows (counted from the footers)."""
+        from notellm_common import layout
 
-        events = paths()["events"]
-        part = events / f"dt={ds}"
-        files = sorted(part.glob("*.parquet")) if part.exists() else []
+        from notellm import storage
+
+        store = storage.LOCAL
+        part = storage.join(store.qualify(layout().events), f"dt={ds}")
+        files = store.list_files(part, ".parquet") if store.is_dir(part) else []
         if not files:
             raise FileNotFoundError(f"click log partition {part} is missing or has no Parquet files")
-        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        rows = sum(storage.parquet_metadata(store, f.uri).num_rows for f in files)
         if rows == 0:
             raise ValueError(f"click log partition {part} is empty (0 rows in {len(files)} files)")
         print(f"{part}: {rows} events in {len(files)} files")
-        return {"partition": str(part), "rows": rows}
+        return {"partition": part, "rows": rows}
+
+    package = task(task_id=PACKAGE_TASK)(package_jobs)()
 
     mine_pairs = SparkSubmitOperator(
         task_id="mine_pairs",
         conn_id="spark_default",
-        application=str(REPO / "jobs" / "cooccurrence.py"),
+        application=packaged("cooccurrence"),
+        py_files=packaged("py_files"),
         name="notellm-cooccurrence-{{ ds_nodash }}",
         application_args=cooccurrence_args(Layout(ROOT_TEMPLATE)),
-        conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "8", **spark_driver_conf()},
-        # The driver runs the job with the interpreter that has the `spark` extra.
-        env_vars={"PYSPARK_PYTHON": python(), "PYSPARK_DRIVER_PYTHON": python()},
+        conf=spark_submit_conf(),
+        env_vars=spark_env(),
         execution_timeout=pendulum.duration(hours=2),
     )
 
     @task(outlets=[PAIRS_ASSET])
     def check_pairs(ds=None, params=None, outlet_events=None) -> dict:
         """Refuse an unmarked partition; fail on suspiciously small output."""
-        from notellm_common import paths
+        from notellm_common import layout
 
-        from notellm.contracts import require_success
+        from jobs.spark_input import require_success
+        from notellm import storage
 
-        part = paths()["pairs"] / f"dt={ds}"
-        stats = require_success(part)
+        part = storage.join(storage.LOCAL.qualify(layout().pairs), f"dt={ds}")
+        stats = require_success(storage.LOCAL, part, "pairs")
         events_in = int(stats.get("events_in", 0))
         pairs_out = int(stats["pairs_written"])
         if events_in < params["min_events"]:
             raise ValueError(f"{part}: only {events_in} events in the window (min_events={params['min_events']})")
         if pairs_out < params["min_pairs"]:
             raise ValueError(f"{part}: only {pairs_out} pairs (min_pairs={params['min_pairs']})")
-        summary = {"partition": str(part), "run_date": ds, "events_in": events_in, "pairs": pairs_out}
+        summary = {"partition": part, "run_date": ds, "events_in": events_in, "pairs": pairs_out}
         outlet_events[PAIRS_ASSET].extra = summary
         print(summary)
         return summary
 
-    check_click_log() >> mine_pairs >> check_pairs()
+    check_click_log() >> package >> mine_pairs >> check_pairs()
 
 
 notellm_pair_mining()

@@ -5,7 +5,8 @@ Trigger with **Params** (base model, steps, learning rate, GPUs, DeepSpeed
 config; defaults and help from `training/config.py`) from the UI ("Trigger DAG w/ config") or
 `airflow dags trigger notellm_retraining --conf '{"max_steps": 400}'`.
 
-1. `split_pairs`: training pairs from the pairs partition `test_days` before the
+1. `package_jobs` + `split_pairs`: the split job, packaged and spark-submitted
+   through `spark_default` like the pair-mining job: training pairs from the pairs partition `test_days` before the
    logical date (its window is the pair-mining DAG's `window_days`); test pairs +
    pool from the partition of the logical date, restricted to notes unseen in
    training (the NoteLLM protocol).
@@ -27,14 +28,25 @@ import sys
 from pathlib import Path
 
 import pendulum
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
 # Airflow 3 does not put the DAG folder on sys.path; the shared helpers live beside this file.
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
-from notellm_common import DEFAULT_ARGS, MODEL_ASSET
+from notellm_common import (
+    DEFAULT_ARGS,
+    MODEL_ASSET,
+    PACKAGE_TASK,
+    ROOT_TEMPLATE,
+    package_jobs,
+    packaged,
+    spark_env,
+    spark_submit_conf,
+)
 
 from notellm.config import defaults, help_of
+from notellm.layout import Layout
 from notellm.prompts import TEMPLATE_VERSIONS
 from training.config import RegisterConfig, TrainConfig
 
@@ -55,6 +67,13 @@ def run_dir_of(models: Path, ds: str, params: dict) -> Path:
 
     digest = hashlib.sha256(json.dumps({k: params[k] for k in RUN_KEYS}, sort_keys=True).encode()).hexdigest()[:8]
     return models / "runs" / f"{ds}-{digest}"
+
+
+def split_args(layout: Layout) -> list[str]:
+    """``jobs/split.py``'s command line for the logical date (train partition ``test_days`` earlier)."""
+    return ["--pairs", layout.pairs, "--notes", layout.notes, "--events", layout.events,
+            "--train-date", "{{ macros.ds_add(ds, -params.test_days) }}", "--test-date", "{{ ds }}",
+            "--out", layout.splits + "/dt={{ ds }}"]
 
 
 def train_command(python: str, params: dict, train_pairs: str, notes: Path, run_dir: Path) -> list[str]:
@@ -103,24 +122,31 @@ def train_command(python: str, params: dict, train_pairs: str, notes: Path, run_
     },
 )
 def notellm_retraining():
+    package = task(task_id=PACKAGE_TASK)(package_jobs)()
+
+    split_job = SparkSubmitOperator(
+        task_id="split_pairs",
+        conn_id="spark_default",
+        application=packaged("split"),
+        py_files=packaged("py_files"),
+        name="notellm-split-{{ ds_nodash }}",
+        application_args=split_args(Layout(ROOT_TEMPLATE)),
+        conf=spark_submit_conf(),
+        env_vars=spark_env(),
+        execution_timeout=pendulum.duration(hours=2),
+    )
+
     @task
-    def split_pairs(ds=None, params=None) -> dict:
-        import datetime as dt
+    def split_outputs(ds=None) -> dict:
+        """The split's tables, once its _SUCCESS is there."""
+        from notellm_common import layout
 
-        from notellm_common import paths, python, run_stage
+        from jobs.spark_input import require_success
+        from notellm import storage
 
-        p = paths()
-        test_date = dt.date.fromisoformat(ds)
-        train_date = test_date - dt.timedelta(days=params["test_days"])
-        out = p["splits"] / f"dt={ds}"
-        run_stage([
-            python(), "-m", "jobs.split",
-            "--pairs", str(p["pairs"]), "--notes", str(p["notes"]), "--events", str(p["events"]),
-            "--train-date", train_date.isoformat(), "--test-date", test_date.isoformat(),
-            "--out", str(out),
-        ])
-        return {"split": str(out), "train_pairs": str(out / "train_pairs"), "test_pairs": str(out / "test_pairs"),
-                "pool": str(out / "pool")}
+        out = storage.join(storage.LOCAL.qualify(layout().splits), f"dt={ds}")
+        require_success(storage.LOCAL, out, "split")
+        return {"split": out, **{name: storage.join(out, name) for name in ("train_pairs", "test_pairs", "pool")}}
 
     @task(execution_timeout=pendulum.duration(hours=8))
     def train(split: dict, ds=None, params=None) -> dict:
@@ -154,7 +180,8 @@ def notellm_retraining():
         outlet_events[MODEL_ASSET].extra = {"model_dir": record["model_dir"], "model_id": record["model_id"]}
         return record
 
-    split = split_pairs()
+    split = split_outputs()
+    package >> split_job >> split
     trained = train(split)
     register(trained, evaluate(trained, split))
 

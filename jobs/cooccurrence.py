@@ -68,6 +68,7 @@ if __package__ in (None, ""):  # spark-submit jobs/cooccurrence.py: make `jobs` 
 
 from jobs import sql_template
 from jobs.config import ENGAGEMENT_TYPES, CooccurrenceConfig
+from jobs.package import code_digest
 from jobs.reference import SCORE_SCALE, bound_units
 from jobs.spark_input import (
     MATERIALISED_VIEWS,
@@ -78,6 +79,7 @@ from jobs.spark_input import (
     configure_checkpoints,
     discover_event_files,
     notes_files,
+    ordered_keys,
     output_files,
     partition_commit,
     qualify_all,
@@ -99,7 +101,7 @@ EVENT_STATUSES = ("quarantined", "outside_window", "ignored_type", "in_scope")
 # The only statuses a later step reads (user keys, scoring events, quarantine output).
 KEPT_STATUSES = ("in_scope", "quarantined")
 # The counts the command prints on its result line (all of them are in _stats.json too).
-RESULT_KEYS = ("run_date", "events_in", "quarantined_total", "outside_window", "ignored_type", "capped", "used",
+RESULT_KEYS = ("code", "run_date", "events_in", "quarantined_total", "outside_window", "ignored_type", "capped", "used",
                "candidate_pairs", "pairs_in_bounds", "pairs_written")
 __all__ = ["Config", "ENGAGEMENT_TYPES", "InputError", "MATERIALISED_VIEWS", "main", "read_pairs", "run"]
 
@@ -143,15 +145,24 @@ def classify_events(spark, cfg: Config, files: EventFiles, notes: list[str], tim
         held = [checkpoint_view(spark, "note_keys")]   # keys from sampled ranges: computed once
         broadcast_if_small(spark, "note_keys", spark.table("note_keys").count())
     window_end_excl = cfg.run_date + dt.timedelta(days=1)
+
+    def define_user_keys(view: str = "user_ids") -> None:
+        # A frame's plan is fixed when it is built: defined once before the SQL views
+        # that join user_keys (Spark resolves a view's names when it is created), and
+        # again after the scan's checkpoint, so the keys read the kept rows, not the files.
+        if view == "user_ids":
+            ordered_keys(spark.table("user_ids"), "user_id", "user_key").createOrReplaceTempView("user_keys")
+
     run_sql(spark, sql_template.load("events_classify.sql", {
         "known_types": list(EVENT_TYPES),
         "used_types": sorted(set(cfg.view_types) | set(cfg.click_types)),
         "window_start_ts": f"{cfg.window_start.isoformat()} 00:00:00+00:00",
         "window_end_ts": f"{window_end_excl.isoformat()} 00:00:00+00:00",
-    }))
+    }), after=define_user_keys)
     with timer.phase("scan"):
         kept, counts, by_reason = checkpoint_event_statuses(spark)   # the one scan of the raw files
-    held += [kept, checkpoint_view(spark, "user_keys")]
+    define_user_keys()
+    held += [kept, checkpoint_view(spark, "user_keys")]   # sampled range bounds: computed once
     with timer.phase("user_keys"):
         n_users = spark.table("user_keys").count() if counts["in_scope"] else 0
         broadcast_if_small(spark, "user_keys", n_users)
@@ -215,6 +226,7 @@ def job_stats(cfg: Config, files: EventFiles, counts: dict, by_reason: dict, n_u
     used = used_row["used"]
     stats = {
         "job": "cooccurrence",
+        "code": code_digest(),
         "run_date": cfg.run_date.isoformat(),
         "window_start": cfg.window_start.isoformat(),
         "window_end": cfg.run_date.isoformat(),

@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # spark-submit jobs/split.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.config import SplitConfig
+from jobs.package import code_digest
 from jobs.spark_input import (
     FolderCommit,
     InputError,
@@ -175,7 +176,8 @@ def run(spark, cfg: SplitConfig, timer: cli.Timer | None = None) -> dict:
             },
         }
         phases = {f"{k}_s": v for k, v in timer.as_dict().items() if k != "total"}
-        split = {**params, "counts": counts, "timings": {**phases, "total_s": round(time.perf_counter() - t0, 3)}}
+        split = {**params, "code": code_digest(), "counts": counts,
+                 "timings": {**phases, "total_s": round(time.perf_counter() - t0, 3)}}
         store.write_json(storage.join(commit.staging, "split.json"), split)
         # Each table is a partition of its own for its readers (training refuses an
         # unmarked pairs folder); the split as a whole is marked, then swapped in.
@@ -205,7 +207,7 @@ def command(cfg: SplitConfig, timer: cli.Timer) -> dict:
         split = run(spark, cfg, timer)
     finally:
         spark.stop()
-    return {"counts": split["counts"], "out": cfg.out}
+    return {"code": split["code"], "counts": split["counts"], "out": cfg.out}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,13 +53,14 @@ FROM (SELECT *,
              END AS status
       FROM events_classified) classified;
 
--- Dense user keys (users with in-scope events, in user_id order): the scoring
--- joins and sorts on integers rather than strings. The job persists this
--- small table too (its row count is the number of users: the cap keeps at
--- least one event of every user), so the join below can broadcast it.
-CREATE OR REPLACE TEMPORARY VIEW user_keys AS
-SELECT user_id, CAST(ROW_NUMBER() OVER (ORDER BY user_id) AS BIGINT) AS user_key
-FROM (SELECT DISTINCT user_id FROM events_status WHERE status = 'in_scope') users;
+-- The users with in-scope events. The job gives them BIGINT keys in user_id
+-- order without a single-partition step (jobs.spark_input.ordered_keys: range
+-- partitioning, then partition index and position) and defines ``user_keys``
+-- (user_id, user_key), so the scoring joins and sorts on integers rather than
+-- strings. Its row count is the number of users (the cap keeps at least one
+-- event of every user), and it is small enough to broadcast for most logs.
+CREATE OR REPLACE TEMPORARY VIEW user_ids AS
+SELECT DISTINCT user_id FROM events_status WHERE status = 'in_scope';
 
 CREATE OR REPLACE TEMPORARY VIEW scoring_events AS
 SELECT u.user_key, e.note_key, e.event_us, e.event_type

@@ -64,3 +64,22 @@ def spark():
     from jobs.spark_session import build_spark
 
     return build_spark("notellm-tests", "local[2]", shuffle_partitions=4, driver_memory="2g")
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory):
+    """A real standalone cluster on 127.0.0.1: a master and two workers of 1 core
+    and 3 GB (logs under the session's tmp folder, kept for a failed run)."""
+    from tests.support.spark_cluster import StandaloneCluster
+
+    cluster = StandaloneCluster(tmp_path_factory.mktemp("spark-cluster"), workers=2, cores=1, memory="3g").start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def jobs_package(tmp_path_factory) -> dict:
+    """The Spark jobs packaged as the DAGs ship them (``python -m jobs.package``)."""
+    from jobs.package import build
+
+    return build(tmp_path_factory.mktemp("jobs-package"))

@@ -1,7 +1,8 @@
 """End to end through Airflow: the three DAGs run with `airflow dags test`
 against a fresh SQLite metadata DB on a small sample and a tiny Llama, ending
-with a snapshot the consumer API opens. Real Spark (spark-submit, local[2]),
-real DeepSpeed, real FAISS; only the sizes are small.
+with a snapshot the consumer API opens. Real Spark (the packaged jobs
+spark-submitted to the session's standalone cluster: ``spark_default`` is its
+``spark://`` master), real DeepSpeed, real FAISS; only the sizes are small.
 
 Also covers the faults the DAGs must survive: a training process killed
 mid-run is retried and resumes from its checkpoint; a refusing quality gate
@@ -29,14 +30,16 @@ TRAIN_DATE, TEST_DATE = "2026-11-17", "2026-11-24"
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, tiny_llama_dir):
+def pipeline(tmp_path_factory, tiny_llama_dir, spark_cluster):
     base = tmp_path_factory.mktemp("e2e")
     root, home = base / "pipeline", base / "airflow"
     env = {
         **os.environ,
         "NOTELLM_ROOT": str(root), "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "spark://127.0.0.1",
+                                                  "port": spark_cluster.port}),
+        "NOTELLM_PACKAGE_DIR": str(base / "packages"),
         "SPARK_LOCAL_IP": "127.0.0.1", "NOTELLM_PYTHON": sys.executable, "NOTELLM_RETRY_DELAY_SECONDS": "1",
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
@@ -65,8 +68,11 @@ TRAIN_CONF = {"max_steps": 8, "batch_pairs": 4, "learning_rate": 0.001, "min_rec
 @pytest.fixture(scope="module")
 def published(pipeline):
     run = pipeline["run"]
+    mining_logs = {}
     for date in (TRAIN_DATE, TEST_DATE):
-        _ok(*run("notellm_pair_mining", date, {"min_events": 100, "min_pairs": 5}))
+        proc, log = run("notellm_pair_mining", date, {"min_events": 100, "min_pairs": 5})
+        _ok(proc, log)
+        mining_logs[date] = log
     # The first training attempt is SIGKILLed once its first checkpoint is written; the
     # task's retry must resume from it (metrics.json records resumed_from_step).
     conf = {**TRAIN_CONF, "base_model": str(pipeline["tiny"])}
@@ -79,16 +85,21 @@ def published(pipeline):
     assert killer.killed, "the training stage was never killed"
     _ok(proc, log)
     _ok(*run("notellm_nightly_index", TEST_DATE))
-    return {"retrain_log": log}
+    return {"retrain_log": log, "mining_logs": mining_logs}
 
 
 def test_pairs_partitions_are_marked(pipeline, published):
     from notellm.contracts import PAIRS, read_table, require_success
 
+    packages = list((pipeline["root"].parent / "packages").glob("notellm-jobs-*.zip"))
+    assert len(packages) == 1           # packaged once per code version, reused by every run
+    digest = packages[0].stem.rsplit("-", 1)[1]
     for date in (TRAIN_DATE, TEST_DATE):
         part = pipeline["root"] / "pairs" / f"dt={date}"
         stats = require_success(part)
         assert stats["reconciles"] is True
+        assert stats["code"].startswith(digest)           # the cluster ran the packaged code
+        assert "spark://" in published["mining_logs"][date]
         assert read_table(part, PAIRS).num_rows == stats["pairs_written"] > 0
 
 

@@ -316,21 +316,22 @@ def test_written_partition_is_checked_from_footers(tmp_path):
     import pyarrow.parquet as pq
 
     from jobs.spark_input import check_written
+    from notellm.storage import LOCAL
 
     part = tmp_path / "dt=2026-11-20"
     part.mkdir()
     pq.write_table(_pairs_table(3), part / "part-0.parquet")
     pq.write_table(_pairs_table(2), part / "part-1.parquet")
-    check_written(part, contracts.PAIRS, 5)
+    check_written(LOCAL, str(part), contracts.PAIRS, 5)
     with pytest.raises(RuntimeError, match="expected 4 rows .* count 5"):
-        check_written(part, contracts.PAIRS, 4)
+        check_written(LOCAL, str(part), contracts.PAIRS, 4)
     pq.write_table(_pairs_table(2, null_rank=True), part / "part-2.parquet")
     with pytest.raises(contracts.ContractError, match="rank.*null"):
-        check_written(part, contracts.PAIRS, 7)
+        check_written(LOCAL, str(part), contracts.PAIRS, 7)
     (part / "part-2.parquet").unlink()
     pq.write_table(_pairs_table(1).drop_columns(["score"]), part / "part-3.parquet")
     with pytest.raises(contracts.ContractError, match="score"):
-        check_written(part, contracts.PAIRS, 6)
+        check_written(LOCAL, str(part), contracts.PAIRS, 6)
 
 
 def test_checkpointed_view_is_not_recomputed_from_the_files(spark, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 from jobs import cooccurrence, split
 from notellm import contracts
+from notellm.storage import LOCAL
 from tests.support.events import empty_days, ts, write_events, write_notes
 
 pytestmark = pytest.mark.slow
@@ -95,7 +96,7 @@ def test_test_window_must_follow_train_window(split_run):
     tmp, cfg, _ = split_run
     import dataclasses
     with pytest.raises(cooccurrence.InputError, match="must start after"):
-        split.check_inputs(dataclasses.replace(cfg, train_date=TEST, test_date=TEST))
+        split.check_inputs(LOCAL, dataclasses.replace(cfg, train_date=TEST, test_date=TEST))
 
 
 def test_cli_prints_one_result_line_with_the_counts(split_run, tmp_path):
