@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ from jobs.reference import SCORE_SCALE  # noqa: E402
 from jobs.spark_input import MATERIALISED_VIEWS, parquet_files, run_sql  # noqa: E402
 from notellm import cli, contracts  # noqa: E402
 from notellm.config import option, to_dict  # noqa: E402
+from notellm.storage import LOCAL  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,13 @@ class BenchCooccurrenceConfig:
                                                "10.5-12.5 s, 1.8-1.9 GB)")
     duckdb_memory_limit: str = option("", help="DuckDB memory_limit for the straightforward run")
     reps: int = option(3, help="scoring-SQL-only repetitions (the first one is cold)")
+    cluster: bool = option(False, help="run the Spark job on a standalone cluster on 127.0.0.1 (master + --workers, "
+                                       "tests/support/spark_cluster.py), spark-submitted from the packaged code as "
+                                       "the DAG does; records every JVM's peak RSS and the spill (event log)")
+    workers: int = option(2, help="cluster workers (1 core each)")
+    worker_memory: str = option("3g", help="memory each cluster worker offers")
+    executor_memory: str = option("2g", help="spark.executor.memory on the cluster")
+    cluster_driver_memory: str = option("2g", help="driver memory of the cluster run (spark-submit, client mode)")
 
     def validate(self) -> None:
         if not self.events or min(self.events) < 1:
@@ -188,7 +197,8 @@ def _duckdb_window(args: ChildConfig):
     con.execute(f"SET threads={args.threads}")
     con.execute("SET TimeZone='UTC'")
     con.execute(f"SET temp_directory='{args.out_dir}/duckdb.tmp'")
-    files = [str(p) for d in cfg.window_days_list for p in parquet_files(contracts.partition_dir(cfg.events, d))]
+    files = [e.uri for d in cfg.window_days_list
+             for e in parquet_files(LOCAL, str(contracts.partition_dir(Path(cfg.events), d)))]
     used = sorted(set(cfg.view_types) | set(cfg.click_types))
     start = f"{cfg.window_start.isoformat()} 00:00:00+00"
     end = f"{(cfg.run_date + dt.timedelta(days=1)).isoformat()} 00:00:00+00"
@@ -297,6 +307,88 @@ def sql_only_child(args: ChildConfig) -> dict:
     return {"times_s": [round(x, 3) for x in times], "check": [int(x or 0) for x in check]}
 
 
+def _jvm_roles(cluster, submit_pid: int) -> dict[int, str]:
+    """pid -> role (driver, master, worker, executor) of every JVM of the cluster run."""
+    from tests.support.spark_cluster import EXECUTOR_CLASS, _children, _cmdline
+
+    roles, todo = {}, [(submit_pid, "driver")] + [(p.pid, n.split("-")[0]) for n, p in cluster.procs]
+    while todo:
+        pid, role = todo.pop()
+        line = _cmdline(pid)
+        if "java" in line.split(" ", 1)[0]:
+            roles[pid] = "executor" if EXECUTOR_CLASS in line else role
+        todo.extend((c, role) for c in _children(pid))
+    return roles
+
+
+def _rss(pid: int) -> int:
+    try:
+        return int(open(f"/proc/{pid}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def event_log_metrics(log_dir: Path) -> dict:
+    """Spill and shuffle totals from the Spark event log (SparkListenerTaskEnd task metrics)."""
+    spilled_mem = spilled_disk = 0
+    shuffle_by_stage: dict[int, int] = {}
+    for path in log_dir.iterdir():
+        with open(path) as f:
+            for line in f:
+                if '"SparkListenerTaskEnd"' not in line:
+                    continue
+                event = json.loads(line)
+                metrics = event.get("Task Metrics") or {}
+                spilled_mem += metrics.get("Memory Bytes Spilled", 0)
+                spilled_disk += metrics.get("Disk Bytes Spilled", 0)
+                written = (metrics.get("Shuffle Write Metrics") or {}).get("Shuffle Bytes Written", 0)
+                stage = event["Stage ID"]
+                shuffle_by_stage[stage] = shuffle_by_stage.get(stage, 0) + written
+    return {"memory_bytes_spilled": spilled_mem, "disk_bytes_spilled": spilled_disk,
+            "shuffle_bytes_written": sum(shuffle_by_stage.values()),
+            "largest_stage_shuffle_bytes": max(shuffle_by_stage.values(), default=0)}
+
+
+def cluster_job(args: BenchCooccurrenceConfig, data: Path, out: Path, common: list[str]) -> dict:
+    """The job spark-submitted from the packaged code to a fresh standalone cluster."""
+    from jobs.package import build
+    from tests.support.spark_cluster import StandaloneCluster
+
+    package = build(out / "package")
+    events_log = out / "eventlog"
+    events_log.mkdir(parents=True, exist_ok=True)
+    cluster = StandaloneCluster(out / "cluster", workers=args.workers, cores=1, memory=args.worker_memory).start()
+    try:
+        job_args = ["--events", "file://" + str(data / "events"), "--notes",
+                    "file://" + str(data / "notes" / "notes.parquet"), "--out", "file://" + str(out / "pairs"),
+                    "--quarantine-out", "file://" + str(out / "quarantine"), "--run-date", END_DATE.isoformat(),
+                    *common]
+        conf = {"spark.executor.memory": args.executor_memory, "spark.driver.memory": args.cluster_driver_memory,
+                "spark.eventLog.enabled": "true", "spark.eventLog.dir": "file://" + str(events_log),
+                **dict(c.split("=", 1) for c in args.conf)}
+        cmd = cluster.submit_command(package, "cooccurrence", job_args, conf)
+        peaks: dict[int, int] = {}
+        roles: dict[int, str] = {}
+        with tempfile.TemporaryFile("w+") as stdout, open(out / "submit.stderr", "w") as stderr:
+            t = time.perf_counter()
+            proc = subprocess.Popen(cmd, env=cluster.env, cwd=out, stdout=stdout, stderr=stderr, text=True)
+            while proc.poll() is None:
+                roles.update(_jvm_roles(cluster, proc.pid))
+                for pid in roles:
+                    peaks[pid] = max(peaks.get(pid, 0), _rss(pid))
+                time.sleep(0.5)
+            wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise RuntimeError(f"cluster job failed ({proc.returncode}); see {out / 'submit.stderr'}")
+    finally:
+        cluster.stop()
+    by_role: dict[str, float] = {}
+    for pid, role in roles.items():
+        by_role[role] = max(by_role.get(role, 0.0), round(peaks.get(pid, 0) / 2**30, 2))
+    return {"wall_s": wall, "peak_rss_gb_by_role": by_role, "jvms": len(roles),
+            **event_log_metrics(events_log)}
+
+
 def same_pairs(spark_part: Path, duck_file: Path) -> tuple[bool, int, int]:
     import pyarrow.parquet as pq
 
@@ -309,10 +401,11 @@ def same_pairs(spark_part: Path, duck_file: Path) -> tuple[bool, int, int]:
 
 
 def bench(args: BenchCooccurrenceConfig, n: int) -> dict:
+    import pyarrow.parquet as pq
+
     data = generate(args.workdir, n, args.seed)
     out = args.workdir / f"out-{n}"
-    events_in = sum(contracts.read_table(p, contracts.EVENTS, columns=["note_id"]).num_rows
-                    for p in parquet_files(data / "events"))
+    events_in = sum(pq.ParquetFile(e.uri).metadata.num_rows for e in parquet_files(LOCAL, str(data / "events")))
     common = ["--max-events-per-user", str(args.max_events_per_user), "--max-gap-hours", str(args.max_gap_hours)]
     result = {"events": events_in, "master": args.master}
     child = {"out_dir": out, "events_root": data / "events", "notes": data / "notes" / "notes.parquet",
@@ -321,7 +414,22 @@ def bench(args: BenchCooccurrenceConfig, n: int) -> dict:
              "duckdb_memory_limit": args.duckdb_memory_limit, "reps": args.reps, "master": args.master,
              "driver_memory": args.driver_memory, "shuffle_partitions": args.shuffle_partitions,
              "conf": list(args.conf)}
-    if not args.skip_spark:
+    if not args.skip_spark and args.cluster:
+        shutil.rmtree(out / "pairs", ignore_errors=True)
+        run = cluster_job(args, data, out, common)
+        stats = json.loads((out / "pairs" / f"dt={END_DATE}" / "_stats.json").read_text())
+        result["master"] = f"standalone, {args.workers} workers x 1 core, executors {args.executor_memory}"
+        result["spark"] = {"wall_s": round(run["wall_s"], 1), "job_s": stats["timings"]["total_s"],
+                           "peak_rss_gb": max(run["peak_rss_gb_by_role"].values()),
+                           "peak_rss_gb_by_role": run["peak_rss_gb_by_role"],
+                           "events_per_s": round(events_in / run["wall_s"]), "phases": stats["timings"],
+                           "shuffle_partitions": stats["spark"]["shuffle_partitions"],
+                           "input_bytes": stats["inputs"]["input_bytes"],
+                           **{k: run[k] for k in ("memory_bytes_spilled", "disk_bytes_spilled",
+                                                  "shuffle_bytes_written", "largest_stage_shuffle_bytes")},
+                           "used": stats["used"], "capped": stats["capped"], "users": stats["users"],
+                           "candidate_pairs": stats["candidate_pairs"], "pairs_written": stats["pairs_written"]}
+    elif not args.skip_spark:
         cmd = [sys.executable, "-m", "jobs.cooccurrence", "--events", str(data / "events"), "--notes",
                str(data / "notes" / "notes.parquet"), "--out", str(out / "pairs"), "--quarantine-out",
                str(out / "quarantine"), "--run-date", END_DATE.isoformat(), "--master", args.master,

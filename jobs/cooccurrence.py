@@ -80,8 +80,6 @@ from jobs.spark_input import (
     discover_event_files,
     notes_files,
     ordered_keys,
-    output_files,
-    partition_commit,
     qualify_all,
     register_inputs,
     release,
@@ -91,6 +89,7 @@ from jobs.spark_input import (
     start_spark,
     view_name,
 )
+from jobs.spark_output import output_files, partition_commit
 from jobs.spark_session import launched_by_spark_submit
 from notellm import cli, contracts, storage
 from notellm.contracts import EVENT_TYPES

@@ -43,16 +43,15 @@ if __package__ in (None, ""):  # spark-submit jobs/split.py
 from jobs.config import SplitConfig
 from jobs.package import code_digest
 from jobs.spark_input import (
-    FolderCommit,
     InputError,
     discover_event_files,
-    mark_success,
     notes_files,
     qualify_all,
     register_inputs,
     require_success,
     start_spark,
 )
+from jobs.spark_output import FolderCommit, mark_success
 from jobs.spark_session import launched_by_spark_submit
 from notellm import cli, contracts, storage
 from notellm.storage import Storage

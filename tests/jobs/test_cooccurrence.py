@@ -315,7 +315,7 @@ def _pairs_table(rows: int, null_rank: bool = False) -> pa.Table:
 def test_written_partition_is_checked_from_footers(tmp_path):
     import pyarrow.parquet as pq
 
-    from jobs.spark_input import check_written
+    from jobs.spark_output import check_written
     from notellm.storage import LOCAL
 
     part = tmp_path / "dt=2026-11-20"
