@@ -315,3 +315,10 @@ class SparkCdsConfig:
     out: Path = option(REPO / "var" / "spark-cds" / "driver.jsa", help="archive path to (re)publish")
     master: str = option("local[2]", help="Spark master of the recording run")
     events: int = option(20_000, help="events of the generated sample the recording run mines")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PackageConfig:
+    """Package the Spark jobs for spark-submit: one zip for --py-files and an entry script per job."""
+
+    out: str = option(help="local folder for the zip and the entry scripts (created; files named by digest)")

@@ -25,7 +25,6 @@ the deploy lines.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.resources
 import io
@@ -34,6 +33,9 @@ import os
 import sys
 import zipfile
 from pathlib import Path
+
+from jobs.config import PackageConfig
+from notellm import cli
 
 PACKAGES = ("jobs", "notellm", "sql")
 # The jobs that run under spark-submit: entry-script name -> module with main().
@@ -122,12 +124,13 @@ def code_digest() -> str:
         return SOURCE_TREE
 
 
+def command(cfg: PackageConfig, timer: cli.Timer) -> dict:
+    with timer.phase("package"):
+        return build(cfg.out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.package", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="local folder for the zip and the entry scripts")
-    args = parser.parse_args(argv)
-    print(json.dumps(build(args.out), sort_keys=True))
-    return 0
+    return cli.main(command, PackageConfig, argv, prog="python -m jobs.package")
 
 
 if __name__ == "__main__":
