@@ -332,8 +332,8 @@ def event_log_metrics(log_dir: Path) -> dict:
     """Spill and shuffle totals from the Spark event log (SparkListenerTaskEnd task metrics)."""
     spilled_mem = spilled_disk = 0
     shuffle_by_stage: dict[int, int] = {}
-    for path in log_dir.iterdir():
-        with open(path) as f:
+    for path in sorted(p for p in log_dir.rglob("*") if p.is_file()):
+        with open(path, errors="replace") as f:
             for line in f:
                 if '"SparkListenerTaskEnd"' not in line:
                     continue
@@ -356,7 +356,8 @@ def cluster_job(args: BenchCooccurrenceConfig, data: Path, out: Path, common: li
 
     package = build(out / "package")
     events_log = out / "eventlog"
-    events_log.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(events_log, ignore_errors=True)
+    events_log.mkdir(parents=True)
     cluster = StandaloneCluster(out / "cluster", workers=args.workers, cores=1, memory=args.worker_memory).start()
     try:
         job_args = ["--events", "file://" + str(data / "events"), "--notes",
@@ -365,6 +366,7 @@ def cluster_job(args: BenchCooccurrenceConfig, data: Path, out: Path, common: li
                     *common]
         conf = {"spark.executor.memory": args.executor_memory, "spark.driver.memory": args.cluster_driver_memory,
                 "spark.eventLog.enabled": "true", "spark.eventLog.dir": "file://" + str(events_log),
+                "spark.eventLog.compress": "false", "spark.eventLog.rolling.enabled": "false",
                 **dict(c.split("=", 1) for c in args.conf)}
         cmd = cluster.submit_command(package, "cooccurrence", job_args, conf)
         peaks: dict[int, int] = {}

@@ -260,9 +260,11 @@ def size_shuffle(spark, input_bytes: int, partition_mb: int) -> int:
     return count
 
 
-# Shuffled bytes of the job's largest shuffle per byte of input Parquet (the
-# classified events keyed by user: ids uncompressed, keys, times), measured
-# by bench/bench_cooccurrence.py's cluster runs (docs/benchmarks.md).
+# Initial shuffle partitions per advisory partition of input Parquet. The
+# largest shuffle of the job measured 0.77x the input bytes at 10M events on
+# the standalone cluster (bench/bench_cooccurrence.py --cluster, event log;
+# docs/benchmarks.md); 4x leaves headroom for skewed or less compressible
+# logs, because AQE coalesces too many partitions but cannot split too few.
 SHUFFLE_EXPANSION = 4.0
 
 

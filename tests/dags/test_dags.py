@@ -38,7 +38,10 @@ PARSE_SCRIPT = textwrap.dedent("""
             "tags": sorted(dag.tags), "catchup": dag.catchup, "doc_md": bool(dag.doc_md),
             "fileloc": dag.fileloc,
             "tasks": {t.task_id: {"retries": t.retries, "retry_delay": t.retry_delay.total_seconds(),
-                                  "conf": getattr(t, "conf", None)}
+                                  "conf": getattr(t, "conf", None),
+                                  "application": getattr(t, "application", None),
+                                  "py_files": getattr(t, "py_files", None),
+                                  "upstream": sorted(t.upstream_task_ids)}
                       for t in dag.tasks},
         }
     heavy = [m for m in ("torch", "pyspark", "faiss", "deepspeed", "transformers", "pandas") if m in sys.modules]
@@ -115,6 +118,40 @@ def test_spark_submit_passes_the_driver_cds_archive(parsed):
     conf = parsed["dags"]["notellm_pair_mining"]["tasks"]["mine_pairs"]["conf"]
     assert conf["spark.driver.extraJavaOptions"] == "-XX:SharedArchiveFile=/opt/notellm/driver.jsa -Xshare:auto"
     assert conf["spark.ui.enabled"] == "false"
+
+
+@pytest.mark.parametrize("dag_id, task_id, job", [("notellm_pair_mining", "mine_pairs", "cooccurrence"),
+                                                  ("notellm_retraining", "split_pairs", "split")])
+def test_spark_jobs_are_submitted_from_the_package_with_no_fixed_shuffle(parsed, dag_id, task_id, job):
+    task = parsed["dags"][dag_id]["tasks"][task_id]
+    assert task["application"] == "{{ ti.xcom_pull(task_ids='package_jobs')['%s'] }}" % job
+    assert task["py_files"] == "{{ ti.xcom_pull(task_ids='package_jobs')['py_files'] }}"
+    assert "package_jobs" in task["upstream"]
+    assert not [k for k in task["conf"] if "partitions" in k]     # sized from the input by the job
+
+
+def test_split_arguments_parse_with_the_jobs_parser():
+    sys.path.insert(0, str(DAGS))
+    try:
+        import notellm_retraining as dag_file
+    finally:
+        sys.path.remove(str(DAGS))
+    import jinja2
+
+    from jobs.config import SplitConfig
+    from notellm import config
+    from notellm.layout import Layout
+
+    rendered = [jinja2.Environment().from_string(a).render(
+        ds="2026-11-24", params={"test_days": 7}, macros={"ds_add": lambda ds, n: "2026-11-17"})
+        for a in dag_file.split_args(Layout("hdfs://nn/notellm"))]
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, SplitConfig)
+    cfg = config.from_namespace(SplitConfig, parser.parse_args(rendered))
+    assert str(cfg.train_date) == "2026-11-17" and str(cfg.test_date) == "2026-11-24"
+    assert cfg.out == "hdfs://nn/notellm/splits/dt=2026-11-24" and cfg.pairs == "hdfs://nn/notellm/pairs"
 
 
 def test_pair_mining_passes_only_settings_the_job_has():
