@@ -261,10 +261,11 @@ def size_shuffle(spark, input_bytes: int, partition_mb: int) -> int:
 
 
 # Initial shuffle partitions per advisory partition of input Parquet. The
-# largest shuffle of the job measured 0.77x the input bytes at 10M events on
-# the standalone cluster (bench/bench_cooccurrence.py --cluster, event log;
-# docs/benchmarks.md); 4x leaves headroom for skewed or less compressible
-# logs, because AQE coalesces too many partitions but cannot split too few.
+# largest shuffle stage of the job measured 0.77x the input bytes at 10M
+# events and 1.82x at 100M on the standalone cluster (bench/bench_cooccurrence.py
+# --cluster, from the event log; docs/benchmarks.md): the candidate pairs grow
+# faster than the events. 4x leaves headroom, because AQE coalesces too many
+# partitions but cannot split too few.
 SHUFFLE_EXPANSION = 4.0
 
 
