@@ -103,6 +103,17 @@ def spark_env() -> dict:
     return {"PYSPARK_PYTHON": python(), "PYSPARK_DRIVER_PYTHON": python()}
 
 
+def spark_job(task_id: str, job: str, application_args: list[str], hours: float = 2):
+    """The SparkSubmitOperator of a packaged job (``job``: an entry script of
+    ``python -m jobs.package``), submitted through the ``spark_default`` connection."""
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    return SparkSubmitOperator(
+        task_id=task_id, conn_id="spark_default", application=packaged(job), py_files=packaged("py_files"),
+        name=f"notellm-{job}-{{{{ ds_nodash }}}}", application_args=application_args, conf=spark_submit_conf(),
+        env_vars=spark_env(), execution_timeout=dt.timedelta(hours=hours))
+
+
 def layout() -> Layout:
     """notellm.layout's URIs under the run-time data root (strings: the root may be hdfs:// or s3a://)."""
     return Layout(root_uri())

@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 import pendulum
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Param, dag, task
 
 # Airflow 3 does not put the DAG folder on sys.path; the shared helpers live beside this file.
@@ -36,9 +35,7 @@ from notellm_common import (
     PAIRS_ASSET,
     ROOT_TEMPLATE,
     package_jobs,
-    packaged,
-    spark_env,
-    spark_submit_conf,
+    spark_job,
 )
 
 # The job's settings are defined once, in jobs.config (standard library only: no Spark at parse time).
@@ -114,17 +111,7 @@ def notellm_pair_mining():
 
     package = task(task_id=PACKAGE_TASK)(package_jobs)()
 
-    mine_pairs = SparkSubmitOperator(
-        task_id="mine_pairs",
-        conn_id="spark_default",
-        application=packaged("cooccurrence"),
-        py_files=packaged("py_files"),
-        name="notellm-cooccurrence-{{ ds_nodash }}",
-        application_args=cooccurrence_args(Layout(ROOT_TEMPLATE)),
-        conf=spark_submit_conf(),
-        env_vars=spark_env(),
-        execution_timeout=pendulum.duration(hours=2),
-    )
+    mine_pairs = spark_job("mine_pairs", "cooccurrence", cooccurrence_args(Layout(ROOT_TEMPLATE)))
 
     @task(outlets=[PAIRS_ASSET])
     def check_pairs(ds=None, params=None, outlet_events=None) -> dict:

@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 
 import pendulum
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
 # Airflow 3 does not put the DAG folder on sys.path; the shared helpers live beside this file.
@@ -40,9 +39,7 @@ from notellm_common import (
     PACKAGE_TASK,
     ROOT_TEMPLATE,
     package_jobs,
-    packaged,
-    spark_env,
-    spark_submit_conf,
+    spark_job,
 )
 
 from notellm.config import defaults, help_of
@@ -124,17 +121,7 @@ def train_command(python: str, params: dict, train_pairs: str, notes: Path, run_
 def notellm_retraining():
     package = task(task_id=PACKAGE_TASK)(package_jobs)()
 
-    split_job = SparkSubmitOperator(
-        task_id="split_pairs",
-        conn_id="spark_default",
-        application=packaged("split"),
-        py_files=packaged("py_files"),
-        name="notellm-split-{{ ds_nodash }}",
-        application_args=split_args(Layout(ROOT_TEMPLATE)),
-        conf=spark_submit_conf(),
-        env_vars=spark_env(),
-        execution_timeout=pendulum.duration(hours=2),
-    )
+    split_job = spark_job("split_pairs", "split", split_args(Layout(ROOT_TEMPLATE)))
 
     @task
     def split_outputs(ds=None) -> dict:
