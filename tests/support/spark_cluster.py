@@ -96,7 +96,7 @@ class StandaloneCluster:
     def alive_workers(self) -> int:
         try:
             return sum(1 for w in self.state()["workers"] if w["state"] == "ALIVE")
-        except OSError:
+        except (OSError, ValueError, KeyError):   # not listening yet, or an empty page while the UI starts
             return 0
 
     def start(self, timeout: float = 120) -> "StandaloneCluster":
