@@ -161,7 +161,7 @@ class GateConfig(Settings):
 
     def _check(self) -> None:
         _fraction(self, "max_recall_drop")   # min_ann_recall above 1 refuses every index (a test of the gate)
-        if self.min_ann_recall < 0:
+        if not self.min_ann_recall >= 0:   # written so that NaN fails
             raise ConfigError("min_ann_recall must be >= 0")
         _positive(self, "ann_k", "ann_queries", "recall_k")
 

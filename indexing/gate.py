@@ -21,7 +21,9 @@ recall reads only the vectors of the pool and query notes (``source.take``: the 
 only their buckets).
 
 A failing gate raises :class:`GateFailed`; nothing is published and CURRENT
-stays where it was.
+stays where it was. Vectors holding NaN or Inf (a diverged model) fail the
+gate, and every comparison is written ``at_least(new, floor)`` so that a NaN
+metric fails it too (``new < floor`` is false for NaN).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from indexing.config import GateConfig
 from indexing.exact import exact_knn, normalize, recall_vs_exact, sample_rows
 from indexing.source import VectorSource, take_rows
 from notellm.cli import GateRefused
+from notellm.finite import NonFiniteError, at_least, is_number, require_finite
 from notellm.metrics import recall_at_k, test_set_fingerprint
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,8 @@ class GateFailed(GateRefused):
 def ann_recall(built: BuiltIndex, source: VectorSource, config: GateConfig) -> dict:
     n = source.num_vectors
     k = max(1, min(config.ann_k, n))
-    q = normalize(take_rows(source, sample_rows(n, config.ann_queries, config.gate_seed)))  # not the tuning sample
+    q = normalize(require_finite(take_rows(source, sample_rows(n, config.ann_queries, config.gate_seed)),
+                                 "sampled corpus vectors"))  # not the tuning sample
     exact = exact_knn(source, q, k)[1]
     approx = built.index.search(q, k)[1]
     return {"k": k, "queries": int(len(q)), "recall": float(recall_vs_exact(approx, exact))}
@@ -84,9 +88,16 @@ def run_gate(built: BuiltIndex, source: VectorSource, config: GateConfig = GateC
 
     ``live`` is the currently published :class:`indexing.snapshot.Snapshot` (or None).
     """
+    try:
+        return _run_gate(built, source, config, pairs, pool_ids, live)
+    except NonFiniteError as exc:
+        raise GateFailed(f"{exc}; not publishing, the live snapshot stays", exc.result) from exc
+
+
+def _run_gate(built, source, config, pairs, pool_ids, live) -> dict:
     metrics: dict = {"ann": ann_recall(built, source, config)}
     ann = metrics["ann"]
-    if ann["recall"] < config.min_ann_recall:
+    if not at_least(ann["recall"], config.min_ann_recall):
         raise GateFailed(f"ANN recall@{ann['k']} vs exact search is {ann['recall']:.4f} < "
                          f"{config.min_ann_recall} ({built.key}, {built.search_params or 'no search parameters'}); not "
                          "publishing (a larger max_index_memory allows a more accurate index)",
@@ -108,7 +119,7 @@ def run_gate(built: BuiltIndex, source: VectorSource, config: GateConfig = GateC
         baseline, source = _baseline(live, digest, pairs, pool_ids, ks, config.recall_k)
         metrics["gate"] = {"recall_k": config.recall_k, "new": new, "baseline": baseline,
                            "baseline_source": source, "max_drop": config.max_recall_drop}
-        if baseline is not None and new < baseline - config.max_recall_drop:
+        if baseline is not None and not at_least(new, baseline - config.max_recall_drop):
             raise GateFailed(f"related-note Recall@{config.recall_k} fell from {baseline:.4f} "
                              f"({source}) to {new:.4f}, more than the allowed {config.max_recall_drop}; "
                              f"not publishing, the live snapshot stays", {"metrics": metrics})
@@ -119,11 +130,15 @@ def _baseline(live, digest, pairs, pool_ids, ks, k):
     if live is None:
         return None, "no live snapshot"
     recorded = live.info().get("metrics", {}).get("related_recall")
-    if recorded and recorded.get("test_set_sha256") == digest and str(k) in recorded.get("recall", {}):
+    if (recorded and recorded.get("test_set_sha256") == digest
+            and is_number(recorded.get("recall", {}).get(str(k)))):
         return float(recorded["recall"][str(k)]), f"recorded in {live.name}"
     wanted = [p for p in dict.fromkeys(list(pool_ids) + [q for q, _ in pairs]) if live.has(p)]
     if not wanted:
         return None, f"{live.name} holds none of the test notes"
     vecs = np.stack([live.vector(p) for p in wanted])
-    rel = related_recall(wanted, vecs, pairs, pool_ids, ks)
+    try:
+        rel = related_recall(wanted, vecs, pairs, pool_ids, ks)
+    except NonFiniteError as exc:   # a diverged live snapshot is no baseline: it must not block its fix
+        return None, f"{live.name} is no baseline ({exc})"
     return float(rel["recall"][k]), f"recomputed from {live.name}"

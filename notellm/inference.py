@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from notellm.collator import collate, length_sorted_batches, token_budget_batches
+from notellm.finite import require_finite
 
 
 @torch.no_grad()
@@ -24,6 +25,8 @@ def embed_notes(encoder, notes: Iterable[Mapping], batch_size: int = 32, autocas
     that many padded tokens (longest prompt x notes), at most ``batch_size``
     (:func:`notellm.collator.token_budget_batches`): short notes share large
     batches, long ones small batches, at a steady cost per forward pass.
+    A NaN or Inf embedding (a diverged model) raises
+    :class:`notellm.finite.NonFiniteError` instead of being returned.
     """
     notes = list(notes)
     encoded = [encoder.prompts.encode(n, task="category", with_output=False) for n in notes]
@@ -48,4 +51,4 @@ def embed_notes(encoder, notes: Iterable[Mapping], batch_size: int = 32, autocas
                 progress(len(idx))
     finally:
         encoder.train(was_training)
-    return out
+    return require_finite(out, f"embeddings of model {encoder.config.model_id}")

@@ -10,6 +10,10 @@ itself excluded; it is a hit when t is among the top K of P \\ {q}:
 where rank_q(t) = 1 + |{p in P \\ {q, t} : s(q, p) > s(q, t)}|
                     + |{p in P \\ {q, t} : s(q, p) = s(q, t), pos(p) < pos(t)}|
 (ties broken by pool order, so results are deterministic).
+
+Scores must be finite: NaN compares false with everything, so a NaN model would
+rank every target first and score Recall@K = 1.0. Vectors holding NaN or Inf
+raise :class:`notellm.finite.NonFiniteError` instead.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from notellm.finite import require_finite
 from notellm.ranking import ranks_in_rows
 
 
@@ -35,7 +40,8 @@ def target_ranks(query_vectors: np.ndarray, target_rows: np.ndarray, query_rows:
     query that is not itself in the pool, then nothing is excluded). The rank
     rule (ties by pool order) is :func:`notellm.ranking.ranks_in_rows`.
     """
-    pool = np.asarray(pool_vectors, dtype=np.float32)
+    pool = require_finite(np.asarray(pool_vectors, dtype=np.float32), "pool vectors")
+    require_finite(query_vectors, "query vectors")
     ranks = np.empty(len(target_rows), dtype=np.int64)
     for start in range(0, len(target_rows), block):  # blocks bound the (b, n) score matrix
         q = np.asarray(query_vectors[start:start + block], dtype=np.float32)
@@ -132,7 +138,7 @@ def exposure_buckets(counts: Sequence[int], threshold: int) -> list[str]:
 def in_batch_accuracy(emb_a: np.ndarray, emb_b: np.ndarray) -> float:
     """Share of the 2B notes whose nearest other note in the batch is their pair partner
     (rows i of ``emb_a`` and ``emb_b`` are partners; chance is 1 / (2B - 1))."""
-    z = np.concatenate([emb_a, emb_b]).astype(np.float32)
+    z = require_finite(np.concatenate([emb_a, emb_b]).astype(np.float32), "in-batch embeddings")
     b = len(emb_a)
     sim = z @ z.T
     np.fill_diagonal(sim, -np.inf)

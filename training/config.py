@@ -131,6 +131,14 @@ class RegisterConfig:
     baseline_required: bool = option(True, help="require the backbone baseline in the evaluation "
                                                 "(--no-baseline-required to skip)")
 
+    def validate(self) -> None:
+        if self.min_recall < 0:   # above 1 refuses every model (a test of the gate)
+            raise ValueError(f"min_recall must be >= 0, got {self.min_recall}")
+        if not 0.0 <= self.max_regression <= 1.0:
+            raise ValueError(f"max_regression must be in [0, 1], got {self.max_regression}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+
 
 @dataclasses.dataclass
 class GenerateConfig:

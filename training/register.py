@@ -16,7 +16,8 @@ The gate (all must hold, on the evaluation JSON of ``training.evaluate``):
    metrics when its test fingerprint equals this one).
 
 Every decision is recorded with notellm.registry.register (approved or not,
-with the reason). Exit code 0 when approved, 3 (notellm.cli.EXIT_GATE_FAILED)
+with the reason). A model whose weights hold NaN or Inf, or whose metrics are
+not finite numbers, is refused. Exit code 0 when approved, 3 (notellm.cli.EXIT_GATE_FAILED)
 when the gate refuses, 2 when the evaluation does not belong to the model.
 """
 
@@ -28,19 +29,26 @@ from pathlib import Path
 
 from notellm import cli
 from notellm.encoder import SIDECAR
+from notellm.finite import NonFiniteError, at_least, is_number, require_finite
 from notellm.registry import current_approved, register
 from training.config import RegisterConfig
 
 
 def decide(metrics: dict, k: int, min_recall: float, max_regression: float, approved_record: dict | None,
            baseline_required: bool = True) -> tuple[bool, list[str]]:
-    """Pure gate: (approved?, reasons). ``metrics`` is the evaluation JSON."""
+    """Pure gate: (approved?, reasons). ``metrics`` is the evaluation JSON.
+
+    Every comparison is written as ``at_least(new, floor)`` so that a missing,
+    NaN or Inf value fails it (``new < floor`` is false for NaN and would pass).
+    """
     key = str(k)
     reasons, ok = [], True
     new = metrics.get("model", {}).get("recall", {}).get(key)
     if new is None:
         return False, [f"evaluation has no Recall@{k} for the model (evaluate with --ks including {k})"]
-    if new < min_recall:
+    if not is_number(new):
+        return False, [f"Recall@{k} of the model is {new!r}, not a finite number (a diverged model)"]
+    if not at_least(new, min_recall):
         ok = False
         reasons.append(f"Recall@{k}={new:.4f} below the floor {min_recall:.4f}")
     base = metrics.get("backbone", {}).get("recall", {}).get(key)
@@ -48,7 +56,10 @@ def decide(metrics: dict, k: int, min_recall: float, max_regression: float, appr
         if baseline_required:
             ok = False
             reasons.append("no untrained-backbone baseline in the evaluation (run evaluate --backbone-baseline)")
-    elif new < base:
+    elif not is_number(base):
+        ok = False
+        reasons.append(f"the untrained backbone's Recall@{k} is {base!r}, not a finite number")
+    elif not at_least(new, base):
         ok = False
         reasons.append(f"Recall@{k}={new:.4f} below the untrained backbone's {base:.4f}")
     if approved_record is not None:
@@ -61,7 +72,10 @@ def decide(metrics: dict, k: int, min_recall: float, max_regression: float, appr
             ok = False
             reasons.append(f"approved model {approved_record['model_dir']} was not measured on this test set "
                            "(run evaluate --approved-root MODELS_ROOT)")
-        elif new < prev - max_regression:
+        elif not is_number(prev):
+            ok = False
+            reasons.append(f"the approved model's Recall@{k} is {prev!r}, not a finite number")
+        elif not at_least(new, prev - max_regression):
             ok = False
             reasons.append(f"Recall@{k}={new:.4f} worse than the approved model's {prev:.4f} by more than "
                            f"{max_regression:.4f}")
@@ -72,6 +86,22 @@ def decide(metrics: dict, k: int, min_recall: float, max_regression: float, appr
     return ok, reasons
 
 
+def check_weights_finite(model_dir: Path) -> None:
+    """Refuse a model whose saved weights hold NaN or Inf (a diverged run's export).
+
+    Tensors are read one at a time (``safe_open``), so a 7B model needs one
+    tensor's memory, not the model's."""
+    import torch
+    from safetensors import safe_open
+
+    for path in sorted(Path(model_dir).rglob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as fh:
+            for name in fh.keys():
+                tensor = fh.get_tensor(name)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    require_finite(tensor.float().numpy(), f"{path} tensor {name}")
+
+
 def _run(cfg: RegisterConfig, timer: cli.Timer) -> dict:
     model_dir = Path(cfg.model)
     sidecar = json.loads((model_dir / SIDECAR).read_text())
@@ -79,6 +109,13 @@ def _run(cfg: RegisterConfig, timer: cli.Timer) -> dict:
     if metrics.get("model", {}).get("model_id") not in (None, sidecar["model_id"]):
         raise cli.BadInput(f"{cfg.metrics}: evaluates model {metrics['model']['model_id']}, "
                            f"but {model_dir} is {sidecar['model_id']}")
+    try:
+        check_weights_finite(model_dir)
+    except NonFiniteError as exc:
+        register(cfg.models_root, model_dir, sidecar["model_id"], metrics, approved=False, reason=str(exc),
+                 data_window=sidecar.get("data_window"))
+        raise cli.GateRefused(f"quality gate refused {model_dir}: {exc}",
+                              {"approved": False, "reason": str(exc)}) from exc
     ok, reasons = decide(metrics, cfg.k, cfg.min_recall, cfg.max_regression, current_approved(cfg.models_root),
                          baseline_required=cfg.baseline_required)
     reason = "; ".join(reasons)

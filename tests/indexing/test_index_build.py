@@ -271,3 +271,22 @@ def test_gate_related_recall_reads_only_the_test_notes(corpus):
     m = run_gate(built, src, GateConfig(ann_queries=50), pairs=pairs, pool_ids=ids[:300])
     full = related_recall(ids, x / np.linalg.norm(x, axis=1, keepdims=True), pairs, ids[:300], (10, 50, 100, 1000))
     assert m["related_recall"]["recall"] == {str(k): v for k, v in full["recall"].items()}
+
+
+def test_gate_fails_nan_vectors_and_a_nan_threshold(corpus):
+    """NaN vectors rank every target first; the gate refuses them rather than scoring 1.0."""
+    ids, x = corpus
+    bad = x.copy()
+    bad[::7] = np.nan
+    built = build_index(ArraySource(ids, x), IndexConfig(index_key="flat"))
+    with pytest.raises(GateFailed, match="non-finite values"):
+        run_gate(built, ArraySource(ids, bad), GateConfig(ann_queries=100))
+    pairs = [(ids[i], ids[i + 1]) for i in range(0, 100, 2)]
+    nan_pool = x.copy()
+    nan_pool[:300] = np.nan
+    with pytest.raises(GateFailed, match="non-finite values"):
+        run_gate(built, ArraySource(ids, nan_pool), GateConfig(ann_queries=10, gate_seed=5), pairs=pairs,
+                 pool_ids=ids[:300])
+    with pytest.raises(ConfigError, match="finite"):
+        from notellm.config import build
+        build(GateConfig, {"min_ann_recall": "nan"})

@@ -141,3 +141,25 @@ def test_recall_gate_refuses_a_worse_model_and_keeps_current(tmp_path, tiny_enco
     # The same model again passes (no drop) and is published with the recorded baseline.
     again = run_nightly(model_dir=good, date="2026-11-25", **kw)
     assert Snapshot.open(root).info()["metrics"]["gate"]["baseline"] == 1.0 and again["published"]
+
+
+@pytest.mark.slow
+def test_nan_model_is_refused_by_the_nightly_run_and_current_stays(tmp_path, tiny_encoder_dir):
+    """A diverged model (projection set to NaN) is refused: its embeddings never reach the
+    store or a snapshot, and a live snapshot whose recorded recall is NaN is no baseline."""
+    from notellm.finite import NonFiniteError
+    from tests.support.models import diverged_model
+
+    nan_dir = diverged_model(tiny_encoder_dir, tmp_path / "nan-model")
+    notes_path = write_notes(make_notes(30, seed=9), tmp_path / "notes.parquet")
+    root, emb = tmp_path / "idx", tmp_path / "emb"
+    cfg = NightlyConfig(embed=EmbedConfig(num_buckets=4, precision="fp32", progress=False))
+    kw = dict(notes_path=notes_path, emb_root=emb, snapshot_root=root, config=cfg)
+    first = run_nightly(model_dir=tiny_encoder_dir, date="2026-11-24", **kw)
+    with pytest.raises(NonFiniteError, match="non-finite values"):
+        run_nightly(model_dir=nan_dir, date="2026-11-25", **kw)
+    assert current_name(root) == first["snapshot"]
+    assert sorted(p.name for p in (root / "snapshots").iterdir()) == [first["snapshot"], "CURRENT"]
+    nan_id = json.loads((nan_dir / "notellm.json").read_text())["model_id"]
+    written = [p.name for p in emb.glob(f"{nan_id}*/**/*") if p.is_file()]
+    assert written == ["_store.json"], f"a diverged model's vectors reached the store: {written}"

@@ -38,3 +38,16 @@ def tiny_model(out_dir: str | Path, dim: int = 16, seed: int = 0) -> Path:
     encoder = NoteEncoder.build(backbone, dim=dim, seed=seed)
     encoder.save(out_dir / "model")
     return out_dir / "model"
+
+
+def diverged_model(model_dir: str | Path, out_dir: str | Path) -> Path:
+    """A copy of a saved NoteLLM encoder whose projection is all NaN: what a diverged
+    run exports (a real saved model with a new weights digest, hence a new model_id)."""
+    import torch
+
+    from notellm.encoder import NoteEncoder
+
+    encoder = NoteEncoder.load(model_dir)
+    with torch.no_grad():
+        encoder.projection.weight.fill_(float("nan"))
+    return encoder.save(out_dir)
