@@ -83,7 +83,9 @@ def run_nightly(*, notes_path, model_dir: Path, emb_root, snapshot_root, date, c
 
     ``timer`` (a :class:`notellm.cli.Timer`) times the phases embed, load,
     build, gate and publish; raises :class:`indexing.gate.GateFailed` when the
-    gate refuses (nothing is published, CURRENT stays).
+    gate refuses (nothing is published, CURRENT stays), and
+    :class:`notellm.cli.Conflict` when another publisher moved CURRENT after
+    this run read it (its gate compared against a stale baseline).
     """
     phase = timer.phase if timer is not None else (lambda name: contextlib.nullcontext())
     model_dir = Path(model_dir)
@@ -94,6 +96,7 @@ def run_nightly(*, notes_path, model_dir: Path, emb_root, snapshot_root, date, c
     with phase("load"):
         source, enc = open_corpus(model_dir, emb_root)
         pairs, pool = read_test_set(pairs_path, pool_path)
+        expected_current = current_name(snapshot_root)   # what the gate compares against; publish checks it
         live = _live_snapshot(snapshot_root)
     with phase("build"):
         built = build_index(source, config.index)
@@ -108,7 +111,8 @@ def run_nightly(*, notes_path, model_dir: Path, emb_root, snapshot_root, date, c
     kwargs = {"hook": hook} if hook else {}
     with phase("publish"):
         result = publish(snapshot_root, built, date=date, model=model, metrics=metrics,
-                         data_window=notes_window(notes_path), keep=config.keep, **kwargs)
+                         data_window=notes_window(notes_path), keep=config.keep,
+                         expected_current=expected_current, **kwargs)
     result.update(num_vectors=source.num_vectors, index_key=built.key, index_type=built.index_type,
                   search_params=built.search_params, index_params=built.params)
     if embed_stats is not None:

@@ -4,12 +4,17 @@ Layout::
 
     <root>/snapshots/<YYYY-MM-DD>-<model id[:8]>/   index.faiss, ids.parquet, manifest.json
     <root>/snapshots/CURRENT                        the name of the live snapshot directory
-    <root>/snapshots/.tmp-<id>-<pid>/               a snapshot being written (never read)
+    <root>/snapshots/.<id>.tmp-<host>-<pid>-<nonce>/ a snapshot being written (never read)
+    <root>/snapshots/.lock                          the publishers' lock (notellm.locking)
 
 Steps of :func:`publish` (each named step calls ``hook(step)``, which tests
 use to inject crashes):
 
-1. write index, ids and manifest into ``.tmp-<id>-<pid>``, fsync each file
+0. take the publishers' lock (``snapshots/.lock``; another publisher waits) and
+   compare CURRENT with ``expected_current``, the snapshot the caller gated
+   against: when another publisher moved it meanwhile, :class:`Conflict`
+   (exit 5) and nothing is written -> ``locked``
+1. write index, ids and manifest into the temp directory, fsync each file
    -> ``files_written``
 2. validate the temporary copy: reopen it as a reader would (checksums,
    ``faiss.read_index``, ntotal == ids rows) -> ``validated``
@@ -17,8 +22,12 @@ use to inject crashes):
    ``snapshots/`` -> ``after_rename``
 4. write ``.CURRENT.tmp-<pid>`` + fsync -> ``pointer_temp_written``;
    ``os.replace`` it onto ``CURRENT``, fsync ``snapshots/`` -> ``pointer_swapped``
-5. retention (keep the newest N, never the one CURRENT names, remove stale
-   temporary directories) -> ``retention_done``
+5. retention (keep the newest N, never the one CURRENT names, remove
+   temporary directories whose owner is gone) -> ``retention_done``
+
+CURRENT only moves forward: a snapshot of an earlier data date than the live
+one (or, on the same date, created earlier) is refused with :class:`Conflict`;
+only :func:`rollback` moves it back, explicitly.
 
 Readers only follow CURRENT, which always names a complete, renamed
 directory, so a crash at any step leaves them on the old or the new
@@ -65,16 +74,17 @@ from indexing.snapshot import (
     snapshots_dir,
 )
 from indexing.source import ContentDigest
+from notellm.cli import Conflict
 from notellm.config import defaults
 from notellm.contracts import IDS, MANIFEST_FORMAT_VERSION, validate_manifest, write_table
-from notellm.files import fsync_dir, fsync_file, pid_alive, sha256_file, write_bytes_durable
+from notellm.files import fsync_dir, fsync_file, sha256_file, write_bytes_durable
+from notellm.locking import DEFAULT_LOCK_TIMEOUT_S, locked, temp_name, temp_owner, temp_owner_gone
 
 log = logging.getLogger(__name__)
 
-STEPS = ("files_written", "validated", "before_rename", "after_rename", "pointer_temp_written",
+STEPS = ("locked", "files_written", "validated", "before_rename", "after_rename", "pointer_temp_written",
          "pointer_swapped", "retention_done")
 DEFAULT_KEEP = defaults(RetentionConfig)["keep"]
-TMP_PREFIX = ".tmp-"
 
 Hook = Callable[[str], None]
 
@@ -96,12 +106,19 @@ def _noop(step: str) -> None:
     pass
 
 
+UNCHECKED = object()   # publish(expected_current=UNCHECKED): no compare-and-swap (tests, first runs)
+
+
 def publish(root: str | os.PathLike, built: BuiltIndex, *, date, model: dict, metrics: dict,
             content_sha256: str | None = None, data_window: dict | None = None, keep: int = DEFAULT_KEEP,
-            hook: Hook = _noop) -> dict:
+            hook: Hook = _noop, expected_current: str | None | object = UNCHECKED,
+            lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> dict:
     """Publish ``built`` as a new snapshot and make it CURRENT.
 
     ``model`` needs ``model_id``, ``path`` and ``template_version``.
+    ``expected_current`` is the snapshot name (None: none yet) the caller read
+    before gating; when CURRENT names another by the time the lock is held, the
+    gate compared against a stale baseline and :class:`Conflict` is raised.
     Returns ``{"snapshot": name, "path": ..., "manifest_sha256": ..., "published": bool}``
     (``published`` False when an identical snapshot already existed).
     """
@@ -109,25 +126,45 @@ def publish(root: str | os.PathLike, built: BuiltIndex, *, date, model: dict, me
     content_sha256 = content_sha256 or built.content_sha256
     snaps = snapshots_dir(root)
     snaps.mkdir(parents=True, exist_ok=True)
+    with locked(snaps, f"publish {snapshot_id(date, model['model_id'])}", lock_timeout_s):
+        live = current_name(root)
+        if expected_current is not UNCHECKED and live != expected_current:
+            raise Conflict(f"{snaps / CURRENT}: names {live} but this publisher gated against "
+                           f"{expected_current}; another publisher moved it. Nothing was published; "
+                           "rerun to gate against the new live snapshot",
+                           {"current": live, "expected": expected_current})
+        hook("locked")
+        return _publish_locked(root, snaps, live, built, date, model, metrics, content_sha256, data_window,
+                               keep, hook)
+
+
+def _publish_locked(root, snaps, live, built, date, model, metrics, content_sha256, data_window, keep, hook):
     name, identical = _revision(snaps, snapshot_id(date, model["model_id"]), content_sha256, built.description)
     if identical:
         Snapshot.open(root, name, verify=True)  # only point at what verifies
-        _swap_pointer(snaps, name, hook)
+        if name != live:
+            _require_forward(snaps, live, name, _order_key(snaps, name))
+            _swap_pointer(snaps, name, hook)
         log.info("snapshot %s already published with identical content; CURRENT -> %s", name, name)
         return _result(snaps, name, published=False)
+    created_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    _require_forward(snaps, live, name, (name[:10], created_at))
 
-    tmp = snaps / f"{TMP_PREFIX}{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = snaps / temp_name(name)
     tmp.mkdir()
-    manifest = _write_files(tmp, built, _manifest(name, built, model, metrics, data_window, content_sha256))
-    hook("files_written")
+    try:
+        manifest = _write_files(tmp, built, _manifest(name, built, model, metrics, data_window, content_sha256,
+                                                      created_at))
+        hook("files_written")
 
-    _validate_dir(tmp, manifest)
-    hook("validated")
+        _validate_dir(tmp, manifest)
+        hook("validated")
 
-    hook("before_rename")
-    os.rename(tmp, snaps / name)   # same filesystem: atomic; the final name never holds a partial snapshot
+        hook("before_rename")
+        os.rename(tmp, snaps / name)   # same filesystem: atomic; the final name never holds a partial snapshot
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)   # a killed process leaves it to retention instead
+        raise
     fsync_dir(snaps)
     hook("after_rename")
 
@@ -159,13 +196,32 @@ def _revision(snaps: Path, base_id: str, content_sha256: str, index_spec: dict) 
     return name, False
 
 
+def _order_key(snaps: Path, name: str | None) -> tuple[str, str]:
+    """(data date, created_at): the order CURRENT moves forward in. A snapshot whose
+    manifest cannot be read sorts first (it can never block a valid one)."""
+    if name is None:
+        return ("", "")
+    try:
+        return (name[:10], str(read_manifest(snaps / name)["created_at"]))
+    except (SnapshotError, KeyError):
+        return ("", "")
+
+
+def _require_forward(snaps: Path, live: str | None, name: str, key: tuple[str, str]) -> None:
+    live_key = _order_key(snaps, live)
+    if key < live_key:
+        raise Conflict(f"{snaps / CURRENT}: {name} (data date {key[0]}, created {key[1]}) is older than the live "
+                       f"{live} (data date {live_key[0]}, created {live_key[1]}); CURRENT only moves forward. "
+                       f"Use `rollback --to {name}` to go back on purpose", {"current": live, "refused": name})
+
+
 def _manifest(name: str, built: BuiltIndex, model: dict, metrics: dict, data_window: dict | None,
-              content_sha256: str) -> dict:
+              content_sha256: str, created_at: str) -> dict:
     """The manifest without its ``files`` (filled in once they are written)."""
     return {
         "format_version": MANIFEST_FORMAT_VERSION,
         "snapshot_id": name,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": created_at,
         "files": {},
         "num_vectors": int(built.index.ntotal),
         "dim": int(built.index.d),
@@ -218,9 +274,10 @@ def _swap_pointer(snaps: Path, name: str, hook: Hook = _noop) -> None:
 
     Its own steps rather than :func:`notellm.files.atomic_path`: the hook between
     the durable temp file and the replace is where the kill tests strike, and the
-    temp name carries the pid so :func:`retention` can remove a dead publisher's."""
+    temp name carries host and pid so :func:`retention` can remove a dead publisher's.
+    The caller holds the publishers' lock."""
     check_name(name)
-    tmp = snaps / f".{CURRENT}.tmp-{os.getpid()}"
+    tmp = snaps / temp_name(CURRENT)
     write_bytes_durable(tmp, (name + "\n").encode())
     hook("pointer_temp_written")
     os.replace(tmp, snaps / CURRENT)
@@ -259,10 +316,9 @@ def retention(root: str | os.PathLike, keep: int = DEFAULT_KEEP) -> list[str]:
         shutil.rmtree(snap["path"])
         removed.append(snap["name"])
     for path in snaps.iterdir() if snaps.is_dir() else []:
-        if path.name.startswith(TMP_PREFIX) or path.name.startswith(f".{CURRENT}.tmp-"):
-            pid = path.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and pid_alive(int(pid)):
-                continue  # a live publisher (maybe this process) may still be writing it
+        if path.name.startswith(".") and temp_owner(path.name) is not None:
+            if not temp_owner_gone(path):
+                continue  # a live publisher (maybe this process, maybe another host) may still write it
             shutil.rmtree(path) if path.is_dir() else path.unlink()
             removed.append(path.name)
     if removed:
@@ -270,9 +326,12 @@ def retention(root: str | os.PathLike, keep: int = DEFAULT_KEEP) -> list[str]:
     return removed
 
 
-def rollback(root: str | os.PathLike, to: str) -> dict:
-    """Point CURRENT at an earlier snapshot after verifying it completely."""
+def rollback(root: str | os.PathLike, to: str, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> dict:
+    """Point CURRENT at an earlier snapshot after verifying it completely (the one
+    way CURRENT moves backwards), under the publishers' lock."""
     snap = Snapshot.open(root, check_name(to), verify=True)
-    previous = current_name(root)
-    _swap_pointer(snapshots_dir(root), snap.name)
+    snaps = snapshots_dir(root)
+    with locked(snaps, f"rollback to {snap.name}", lock_timeout_s):
+        previous = current_name(root)
+        _swap_pointer(snaps, snap.name)
     return {"current": snap.name, "previous": previous}

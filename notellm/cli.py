@@ -18,7 +18,10 @@
   3    ``gate_refused``   :class:`GateRefused`: a quality gate kept     no retry
                           the live model / snapshot
   4    ``diverged``       :class:`Diverged`: training produced a      no retry
-                          non-finite loss or weights
+                          non-finite loss, weights or embeddings
+  5    ``conflict``       :class:`Conflict`: another writer moved     retry
+                          the pointer this one meant to replace
+                          (compare-and-swap lost) or held its lock
   ===  =================  ==========================================  ===========
 
 Standard library only (the DAGs import the exit codes at parse time).
@@ -44,6 +47,7 @@ EXIT_ERROR = 1
 EXIT_BAD_INPUT = 2
 EXIT_GATE_FAILED = 3
 EXIT_DIVERGED = 4
+EXIT_CONFLICT = 5
 
 log = logging.getLogger("notellm")
 
@@ -78,6 +82,14 @@ class Diverged(StageError):
 
     exit_code = EXIT_DIVERGED
     status = "diverged"
+
+
+class Conflict(StageError):
+    """Another writer changed the state this one expected to replace (compare-and-swap
+    failed, or its lock was held too long); nothing was changed. A rerun re-reads the state."""
+
+    exit_code = EXIT_CONFLICT
+    status = "conflict"
 
 
 class Timer:

@@ -31,10 +31,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import struct
-import uuid
 from urllib.parse import urlsplit
+
+from notellm import locking
 
 PARQUET_MAGIC = b"PAR1"
 
@@ -79,7 +79,7 @@ def is_data_name(name: str) -> bool:
 
 def temp_name(name: str) -> str:
     """A sibling name for staging ``name``: hidden, and unique to this host and process."""
-    return f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return locking.temp_name(name)
 
 
 def _relative_parts(base: str, uri: str) -> list[str]:
