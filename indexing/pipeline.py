@@ -15,7 +15,7 @@ from indexing.build import build_index
 from indexing.config import EmbedConfig, GateConfig, IndexConfig
 from indexing.gate import run_gate
 from indexing.launch import embed_store
-from indexing.publish import DEFAULT_KEEP, publish
+from indexing.publish import DEFAULT_KEEP, publish, readable_current
 from indexing.snapshot import Snapshot, SnapshotError, current_name
 from indexing.store import StoreSource, open_store
 from notellm.contracts import NOTES, PAIRS, POOL, read_table
@@ -96,7 +96,7 @@ def run_nightly(*, notes_path, model_dir: Path, emb_root, snapshot_root, date, c
     with phase("load"):
         source, enc = open_corpus(model_dir, emb_root)
         pairs, pool = read_test_set(pairs_path, pool_path)
-        expected_current = current_name(snapshot_root)   # what the gate compares against; publish checks it
+        expected_current = readable_current(snapshot_root)   # what the gate compares against; publish checks it
         live = _live_snapshot(snapshot_root)
     with phase("build"):
         built = build_index(source, config.index)
@@ -122,7 +122,7 @@ def run_nightly(*, notes_path, model_dir: Path, emb_root, snapshot_root, date, c
 
 def _live_snapshot(snapshot_root):
     """The published snapshot to compare against, or None (none yet, or unusable)."""
-    if current_name(snapshot_root) is None:
+    if readable_current(snapshot_root) is None:
         return None
     try:
         return Snapshot.open(snapshot_root, verify=True)

@@ -7,8 +7,8 @@ Layout::
     <root>/snapshots/.<id>.tmp-<host>-<pid>-<nonce>/ a snapshot being written (never read)
     <root>/snapshots/.lock                          the publishers' lock (notellm.locking)
 
-Steps of :func:`publish` (each named step calls ``hook(step)``, which tests
-use to inject crashes):
+Steps of :func:`publish` (each named step calls ``hook(step)``; the default
+hook is :func:`notellm.faults.fault_point`, where the fault tests SIGKILL it):
 
 0. take the publishers' lock (``snapshots/.lock``; another publisher waits) and
    compare CURRENT with ``expected_current``, the snapshot the caller gated
@@ -77,6 +77,7 @@ from indexing.source import ContentDigest
 from notellm.cli import Conflict
 from notellm.config import defaults
 from notellm.contracts import IDS, MANIFEST_FORMAT_VERSION, validate_manifest, write_table
+from notellm.faults import fault_point
 from notellm.files import fsync_dir, fsync_file, sha256_file, write_bytes_durable
 from notellm.locking import DEFAULT_LOCK_TIMEOUT_S, locked, temp_name, temp_owner, temp_owner_gone
 
@@ -102,8 +103,8 @@ def content_digest(note_ids, vectors: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _noop(step: str) -> None:
-    pass
+def _fault_point(step: str) -> None:
+    fault_point("publish", step)
 
 
 UNCHECKED = object()   # publish(expected_current=UNCHECKED): no compare-and-swap (tests, first runs)
@@ -111,7 +112,7 @@ UNCHECKED = object()   # publish(expected_current=UNCHECKED): no compare-and-swa
 
 def publish(root: str | os.PathLike, built: BuiltIndex, *, date, model: dict, metrics: dict,
             content_sha256: str | None = None, data_window: dict | None = None, keep: int = DEFAULT_KEEP,
-            hook: Hook = _noop, expected_current: str | None | object = UNCHECKED,
+            hook: Hook = _fault_point, expected_current: str | None | object = UNCHECKED,
             lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> dict:
     """Publish ``built`` as a new snapshot and make it CURRENT.
 
@@ -127,7 +128,7 @@ def publish(root: str | os.PathLike, built: BuiltIndex, *, date, model: dict, me
     snaps = snapshots_dir(root)
     snaps.mkdir(parents=True, exist_ok=True)
     with locked(snaps, f"publish {snapshot_id(date, model['model_id'])}", lock_timeout_s):
-        live = current_name(root)
+        live = readable_current(root)
         if expected_current is not UNCHECKED and live != expected_current:
             raise Conflict(f"{snaps / CURRENT}: names {live} but this publisher gated against "
                            f"{expected_current}; another publisher moved it. Nothing was published; "
@@ -145,6 +146,7 @@ def _publish_locked(root, snaps, live, built, date, model, metrics, content_sha2
         if name != live:
             _require_forward(snaps, live, name, _order_key(snaps, name))
             _swap_pointer(snaps, name, hook)
+        retention(root, keep)   # also removes what a publisher killed before this one left
         log.info("snapshot %s already published with identical content; CURRENT -> %s", name, name)
         return _result(snaps, name, published=False)
     created_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -173,6 +175,16 @@ def _publish_locked(root, snaps, live, built, date, model, metrics, content_sha2
     retention(root, keep)
     hook("retention_done")
     return _result(snaps, name, published=True)
+
+
+def readable_current(root: str | os.PathLike) -> str | None:
+    """The name CURRENT holds, or None when there is none or it is not a snapshot name
+    (a damaged pointer must not stop the publish that replaces it)."""
+    try:
+        return current_name(root)
+    except SnapshotError as exc:
+        log.warning("ignoring the unreadable pointer: %s", exc)
+        return None
 
 
 def _result(snaps: Path, name: str, published: bool) -> dict:
@@ -269,7 +281,7 @@ def _validate_dir(snap_dir: Path, manifest: dict) -> None:
         raise SnapshotError(f"{snap_dir}: id lookup arrays disagree with {IDS_FILE}")
 
 
-def _swap_pointer(snaps: Path, name: str, hook: Hook = _noop) -> None:
+def _swap_pointer(snaps: Path, name: str, hook: Hook = _fault_point) -> None:
     """Atomically replace CURRENT: temp file + fsync + os.replace + directory fsync.
 
     Its own steps rather than :func:`notellm.files.atomic_path`: the hook between

@@ -88,3 +88,43 @@ class KillDescendantWhen(threading.Thread):
 
     def stop(self) -> None:
         self._done.set()
+
+
+def kill_at_fault_point(target: Callable[[], object], point: str, ready_file: Path, timeout: float = 60) -> int:
+    """Run ``target`` in a forked child with the fault hook armed at ``point``
+    (``writer:step``, :mod:`notellm.faults`); SIGKILL the child once it blocks there.
+
+    Fork, not a new interpreter: the child inherits the parent's imports, so a
+    trial costs milliseconds and 20 trials per step stay fast. The death is real
+    (SIGKILL: no ``finally``, no ``atexit``, no flush). Returns the child's exit
+    status; fails when the child ends before reaching the point."""
+    from notellm.faults import FAULT_ENV, READY_ENV
+
+    ready_file = Path(ready_file)
+    ready_file.unlink(missing_ok=True)
+    pid = os.fork()
+    if pid == 0:   # the child: arm the hook, run, never return into pytest
+        code = 0
+        try:
+            os.environ[FAULT_ENV], os.environ[READY_ENV] = point, str(ready_file)
+            target()
+        except BaseException:  # noqa: BLE001 - reported through the exit code
+            import traceback
+            traceback.print_exc()
+            code = 3
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while not ready_file.exists():
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            raise AssertionError(f"{point}: the writer ended (status {status}) without reaching the fault point")
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise TimeoutError(f"{point}: not reached within {timeout} s")
+        time.sleep(0.002)
+    os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    return status
