@@ -16,7 +16,7 @@ from indexing.config import EmbedConfig, GateConfig, IndexConfig
 from indexing.gate import run_gate
 from indexing.launch import embed_store
 from indexing.publish import DEFAULT_KEEP, publish, readable_current
-from indexing.snapshot import Snapshot, SnapshotError, current_name
+from indexing.snapshot import Snapshot, SnapshotError
 from indexing.store import StoreSource, open_store
 from notellm.contracts import NOTES, PAIRS, POOL, read_table
 
