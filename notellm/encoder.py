@@ -22,6 +22,7 @@ Saved layout (:meth:`NoteEncoder.save`)::
     <dir>/tokenizer*                tokenizer including [EMB]
     <dir>/projection.safetensors    {"weight": W}  (d x H)
     <dir>/notellm.json              side-car config (see EncoderConfig)
+    <dir>/SHA256SUMS.json           every file above with its sha256 (notellm.integrity), written last
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from notellm.collator import collate
+from notellm.faults import fault_point
+from notellm.files import fsync_file
+from notellm.integrity import check_model_id, verify_sums, write_sums
+from notellm.locking import remove_dead_temps, replace_dir, temp_name
 from notellm.prompts import EMB_TOKEN, PromptBuilder, PromptConfig
 
 SIDECAR = "notellm.json"
@@ -137,7 +142,8 @@ class NoteEncoder(nn.Module):
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, dtype=torch.float32) -> "NoteEncoder":
-        """Load a directory written by :meth:`save` (weights from safetensors only)."""
+        """Load a directory written by :meth:`save` (weights from safetensors only), after
+        checking it against its ``SHA256SUMS.json``."""
         from safetensors.torch import load_file
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -145,7 +151,9 @@ class NoteEncoder(nn.Module):
         sidecar = model_dir / SIDECAR
         if not sidecar.exists():
             raise FileNotFoundError(f"{model_dir}: no {SIDECAR}; not a NoteLLM model directory")
+        verify_sums(model_dir)   # every file as exported, nothing added (weights, tokenizer, side-car)
         config = EncoderConfig.from_json(sidecar)
+        check_model_id(config.model_id, str(sidecar))
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
         weight = load_file(str(model_dir / PROJECTION_FILE))["weight"]
@@ -164,12 +172,17 @@ class NoteEncoder(nn.Module):
 
         ``state_dict`` may be given (e.g. weights gathered by DeepSpeed ZeRO-3)
         with keys as in ``self.state_dict()`` (``lm.*`` and ``projection.*``).
-        The side-car's ``model_id`` is a digest of the saved weights.
+        The side-car's ``model_id`` is a digest of the saved weights. The folder is
+        written under a temp name, listed in ``SHA256SUMS.json`` (notellm.integrity),
+        verified and only then renamed onto ``out_dir``.
         """
         from safetensors.torch import save_file
 
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        final = Path(out_dir)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_temps(final.parent, final.name)
+        out_dir = final.parent / temp_name(final.name)   # staged: a killed export never leaves a partial model
+        out_dir.mkdir()
         if state_dict is None:
             lm_state, proj = None, self.projection.weight
         else:
@@ -181,10 +194,15 @@ class NoteEncoder(nn.Module):
         for key, value in sidecar_updates.items():
             setattr(self.config, key, value)
         self.config.model_id = weights_digest(out_dir)
-        tmp = out_dir / f".{SIDECAR}.tmp"
-        tmp.write_text(json.dumps(dataclasses.asdict(self.config), indent=2, sort_keys=True))
-        os.replace(tmp, out_dir / SIDECAR)
-        return out_dir
+        (out_dir / SIDECAR).write_text(json.dumps(dataclasses.asdict(self.config), indent=2, sort_keys=True))
+        fault_point("export", "files_written")
+        for path in out_dir.iterdir():
+            fsync_file(path)
+        write_sums(out_dir)
+        verify_sums(out_dir)
+        fault_point("export", "verified")
+        replace_dir(out_dir, final, writer="export")
+        return final
 
     # ------------------------------------------------------------ forward
     @property

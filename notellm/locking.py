@@ -126,3 +126,42 @@ def _holder(path: Path) -> str:
         return path.read_text().strip() or "no holder recorded"
     except OSError:
         return "holder unknown"
+
+
+def remove_dead_temps(parent: str | os.PathLike, name: str, stale_s: float = DEFAULT_STALE_TEMP_S) -> list[str]:
+    """Remove ``parent/.<name>.tmp-*`` entries whose owner is gone (see :func:`temp_owner_gone`)."""
+    import shutil
+
+    parent, removed = Path(parent), []
+    if not parent.is_dir():
+        return removed
+    for path in parent.iterdir():
+        if path.name.startswith(f".{name}.tmp-") and temp_owner_gone(path, stale_s):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def replace_dir(staged: str | os.PathLike, final: str | os.PathLike, writer: str = "replace_dir") -> Path:
+    """Move the complete, verified folder ``staged`` to ``final``, replacing what is there.
+
+    Two renames (old ``final`` aside, ``staged`` onto ``final``) and a directory
+    fsync; a reader sees the old folder, then for an instant none, then the new
+    one; never a partial folder. A process killed between the renames leaves the
+    old folder aside under a temp name (removed once its owner is gone) and no
+    ``final``: the writer's rerun writes it again."""
+    import shutil
+
+    from notellm.faults import fault_point
+    from notellm.files import fsync_dir
+
+    staged, final = Path(staged), Path(final)
+    aside = final.parent / temp_name(final.name)
+    if final.exists():
+        os.rename(final, aside)
+        fault_point(writer, "old_moved_aside")
+    os.rename(staged, final)
+    fsync_dir(final.parent)
+    fault_point(writer, "renamed")
+    shutil.rmtree(aside, ignore_errors=True)
+    return final

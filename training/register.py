@@ -30,6 +30,7 @@ from pathlib import Path
 from notellm import cli
 from notellm.encoder import SIDECAR
 from notellm.finite import NonFiniteError, at_least, is_number, require_finite
+from notellm.integrity import verify_sums
 from notellm.registry import current_approved, register
 from training.config import RegisterConfig
 
@@ -109,18 +110,20 @@ def _run(cfg: RegisterConfig, timer: cli.Timer) -> dict:
     if metrics.get("model", {}).get("model_id") not in (None, sidecar["model_id"]):
         raise cli.BadInput(f"{cfg.metrics}: evaluates model {metrics['model']['model_id']}, "
                            f"but {model_dir} is {sidecar['model_id']}")
+    verify_sums(model_dir)   # the exported files, unchanged, before any of them is read
+    previous = current_approved(cfg.models_root)   # what the gate compares against; register checks it
     try:
         check_weights_finite(model_dir)
     except NonFiniteError as exc:
         register(cfg.models_root, model_dir, sidecar["model_id"], metrics, approved=False, reason=str(exc),
-                 data_window=sidecar.get("data_window"))
+                 data_window=sidecar.get("data_window"), expected=previous)
         raise cli.GateRefused(f"quality gate refused {model_dir}: {exc}",
                               {"approved": False, "reason": str(exc)}) from exc
-    ok, reasons = decide(metrics, cfg.k, cfg.min_recall, cfg.max_regression, current_approved(cfg.models_root),
+    ok, reasons = decide(metrics, cfg.k, cfg.min_recall, cfg.max_regression, previous,
                          baseline_required=cfg.baseline_required)
     reason = "; ".join(reasons)
     record = register(cfg.models_root, model_dir, sidecar["model_id"], metrics, approved=ok, reason=reason,
-                      data_window=sidecar.get("data_window"))
+                      data_window=sidecar.get("data_window"), expected=previous)
     result = {"approved": ok, "reason": reason, "model_id": record["model_id"], "model_dir": record["model_dir"]}
     if not ok:
         raise cli.GateRefused(f"quality gate refused {model_dir}: {reason}", result)

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -22,7 +23,9 @@ import torch
 
 from notellm import cli, precision
 from notellm.backbone import resolve_backbone
-from notellm.files import atomic_path, atomic_write_json
+from notellm.faults import fault_point
+from notellm.files import atomic_path, atomic_write_json, atomic_write_text
+from notellm.integrity import verify_sums, write_sums
 from notellm.metrics import in_batch_accuracy
 from notellm.schedule import linear_warmup_decay
 from training.config import TrainConfig, deepspeed_config_path, resolve_deepspeed_config, resolve_zero3_auto
@@ -43,14 +46,31 @@ def total_steps(cfg: TrainConfig, sampler: UniqueNoteBatchSampler) -> int:
 
 
 class JsonlLog:
-    """train_log.jsonl, truncated to the resumed step so a restart never duplicates rows."""
+    """train_log.jsonl, truncated to the resumed step so a restart never duplicates rows.
+
+    A last line torn by a kill (no newline, or not JSON) is dropped; a damaged
+    line before it is an error naming the file and line."""
 
     def __init__(self, path: Path, resume_step: int):
         self.path = path
         rows = []
         if path.exists():
-            rows = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            lines = path.read_text(errors="replace").split("\n")
+            torn = lines.pop()   # after the last newline: empty, or a torn write
+            if torn.strip():
+                log.warning("%s: dropping a torn last line (%d chars)", path, len(torn))
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    if number == len(lines):   # a complete-looking but cut last line
+                        log.warning("%s: dropping an unparseable last line", path)
+                        continue
+                    raise cli.BadInput(f"{path}: line {number} is not JSON; the training log is damaged") from None
+                if row["step"] <= resume_step:
+                    rows.append(line)
         with atomic_path(path) as tmp:
             tmp.write_text("".join(r + "\n" for r in rows))
 
@@ -62,10 +82,33 @@ class JsonlLog:
         return [json.loads(line) for line in self.path.read_text().splitlines()]
 
 
+LATEST = "latest"
+_TAG = re.compile(r"^step(\d+)$")
+
+
+def latest_checkpoint(ckpt_dir: Path) -> str | None:
+    """The tag ``latest`` names (None when there is none yet); refused unless it is ``step<N>``."""
+    path = Path(ckpt_dir) / LATEST
+    if not path.exists():
+        return None
+    tag = path.read_text(errors="replace").strip()
+    if not _TAG.match(tag):
+        raise cli.BadInput(f"{path}: names {tag[:80]!r}, not a checkpoint tag step<N>")
+    return tag
+
+
 def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
-    tags = sorted((p for p in ckpt_dir.glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
-    for old in tags[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    """Keep the newest ``keep`` tags and always the one ``latest`` names; remove the rest
+    (a tag newer than ``latest``, left by a save killed before it was listed, goes too)."""
+    live = latest_checkpoint(ckpt_dir)
+    tags = sorted((p for p in ckpt_dir.glob("step*") if p.is_dir() and _TAG.match(p.name)),
+                  key=lambda p: int(p.name[4:]))
+    live_step = int(live[4:]) if live else -1
+    unlisted = [p for p in tags if int(p.name[4:]) > live_step]
+    listed = [p for p in tags if int(p.name[4:]) <= live_step]
+    for old in unlisted + (listed[:-keep] if keep > 0 else []):
+        if old.name != live:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 class Trainer:
@@ -142,8 +185,11 @@ class Trainer:
     def resume(self) -> int:
         """Continue from the latest checkpoint (weights, optimizer, schedule, sampler position)."""
         cfg = self.cfg
-        if (self.ckpt_dir / "latest").exists():
-            path, client = self.engine.load_checkpoint(str(self.ckpt_dir), load_module_strict=not cfg.train_top_layers)
+        tag = latest_checkpoint(self.ckpt_dir)
+        if tag is not None:
+            verify_sums(self.ckpt_dir / tag)   # before DeepSpeed unpickles anything of it
+            path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag,
+                                                       load_module_strict=not cfg.train_top_layers)
             if path is None:
                 raise RuntimeError(f"{self.ckpt_dir}: 'latest' exists but the checkpoint could not be loaded")
             self.start_step = self.last_saved = int(client["step"])
@@ -230,11 +276,23 @@ class Trainer:
         client = {"step": done, "sampler": {"seed": cfg.seed, "batch_pairs": cfg.batch_pairs,
                                             "next_position": list(self.sampler.position(done))}}
         # Frozen weights are the backbone's own: a resume rebuilds them, so only what trains is saved.
-        self.engine.save_checkpoint(str(self.ckpt_dir), tag=f"step{done}", client_state=client,
+        tag = f"step{done}"
+        # DeepSpeed's own 'latest' is a plain write; ours moves only once every rank's files are
+        # durable and listed in the tag's SHA256SUMS.json, then by an atomic replace.
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client, save_latest=False,
                                     exclude_frozen_parameters=bool(cfg.train_top_layers))
-        self.last_saved = done
+        if self.world > 1:
+            self.dist.barrier()
         if self.rank == 0:
+            fault_point("checkpoint", "files_written")
+            write_sums(self.ckpt_dir / tag)
+            fault_point("checkpoint", "sums_written")
+            atomic_write_text(self.ckpt_dir / LATEST, tag)
+            fault_point("checkpoint", "latest_swapped")
             prune_checkpoints(self.ckpt_dir, cfg.keep_checkpoints)
+        if self.world > 1:
+            self.dist.barrier()
+        self.last_saved = done
 
     # ------------------------------------------------------------------ export
     def export(self) -> dict:
