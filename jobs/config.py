@@ -14,6 +14,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 
 from notellm.config import ConfigError, option
+from notellm.timestamps import EARLIEST, LATEST_SKEW_DAYS, window_from
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -221,6 +222,12 @@ class IngestNotesConfig:
 
     landing: Path = option(help="landing root holding notes/*.parquet")
     out: Path = option(help="output root (writes notes/ and quarantine/notes/)")
+    earliest: str = option(EARLIEST.isoformat(), help="earliest plausible created_at (ISO); earlier is bad_timestamp")
+    latest: str | None = option(None, help=f"latest plausible created_at (ISO; null = today + {LATEST_SKEW_DAYS} "
+                                           "days, UTC)")
+
+    def validate(self) -> None:
+        window_from(self.earliest, self.latest)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -232,6 +239,12 @@ class IngestEventsConfig:
     notes: Path | None = option(None, help="NOTES contract file with the known note ids "
                                            "(null = <out>/notes/notes.parquet)")
     dt: list[str] = option(default_factory=list, help="landing partitions (YYYY-MM-DD) to ingest; empty = all")
+    earliest: str = option(EARLIEST.isoformat(), help="earliest plausible event_time (ISO); earlier is bad_timestamp")
+    latest: str | None = option(None, help=f"latest plausible event_time (ISO; null = today + {LATEST_SKEW_DAYS} "
+                                           "days, UTC)")
+
+    def validate(self) -> None:
+        window_from(self.earliest, self.latest)
 
 
 # --------------------------------------------------------------------------- sources

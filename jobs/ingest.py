@@ -11,9 +11,13 @@ Input: ``<landing>/notes/*.parquet`` (NOTES_LANDING) and
 nullable text, so each row is checked here and either accepted into the
 contract table or quarantined with a reason (first failing check wins):
 
-notes:  null_note_id, bad_timestamp, empty_text, null_category, duplicate_note_id
-events: null_user_id, null_note_id, bad_timestamp, unknown_event_type,
+notes:  null_note_id, too_long, bad_timestamp, empty_text, null_category, duplicate_note_id
+events: null_user_id, null_note_id, too_long, bad_timestamp, unknown_event_type,
         unknown_note_id, duplicate_event
+
+``too_long``: over a cap of :mod:`notellm.limits`; ``bad_timestamp``: breaks
+the rule of :mod:`notellm.timestamps` (explicit offset within +-14:00, inside
+the plausible window ``--earliest`` .. ``--latest``).
 
 Duplicates: the first occurrence (in file order, files sorted by path) among
 otherwise valid rows is kept; later ones are quarantined. Event duplicates
@@ -32,8 +36,14 @@ Output (``<root>``):
   rows_in = rows_accepted + rows_quarantined, rows per reason, accepted rows
   per output day).
 
-Idempotent: a rerun for landing partition X first deletes every
-``events/dt=*/part-from-X.parquet`` and the quarantine of X, then writes.
+Idempotent and crash-safe: a rerun for landing partition X rebuilds every day
+that holds or will hold ``part-from-X.parquet`` in a staging folder (the other
+partitions' files hard-linked in), then swaps each day whole
+(jobs.spark_output.FolderCommit: ``_stats.json`` listing its files, then
+``_SUCCESS``, then the rename). Readers of a day see its complete old or new
+state, never a day half rewritten; the quarantine and accounting of X are
+committed last. A SIGKILL at any step leaves complete days, and the rerun
+converges (tests/jobs/test_ingest.py kills it at each step).
 
 The row checks are :mod:`jobs.validate` (vectorised with pyarrow compute; only
 the JSON of the few rejected rows is built per row); this module reads the
@@ -42,6 +52,8 @@ landing files and writes the results.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -52,22 +64,22 @@ import pyarrow.parquet as pq
 from jobs.config import IngestEventsConfig, IngestNotesConfig
 from jobs.quarantine import write_quarantine
 from jobs.sources import split_by_day
+from jobs.spark_output import FolderCommit
 from jobs.validate import validate_events, validate_notes
-from notellm import cli
+from notellm import cli, storage
 from notellm.contracts import (
     EVENTS,
     EVENTS_LANDING,
     NOTES,
     NOTES_LANDING,
-    STATS_FILE,
-    SUCCESS_MARKER,
     Contract,
     ContractError,
-    mark_success,
     read_table,
     validate_schema,
     write_table,
 )
+from notellm.faults import fault_point
+from notellm.timestamps import window_from
 
 
 def read_landing_files(paths: list[Path], contract: Contract) -> tuple[pa.Table, list[str], np.ndarray, np.ndarray]:
@@ -80,6 +92,11 @@ def read_landing_files(paths: list[Path], contract: Contract) -> tuple[pa.Table,
         except (pa.ArrowInvalid, OSError) as exc:
             raise ContractError(str(path), None, f"unreadable as Parquet: {exc}") from exc
         validate_schema(t.schema, contract, str(path))   # missing / wrongly typed column -> ContractError
+        for name in contract.columns:
+            try:   # Parquet readers do not check that strings are UTF-8; every later step assumes it
+                t.column(name).validate(full=True)
+            except pa.ArrowInvalid as exc:
+                raise ContractError(str(path), name, f"invalid data (e.g. not UTF-8): {exc}") from None
         tables.append(t.select(contract.columns).cast(contract.schema))
         sources.append(str(path))
         file_idx.append(np.full(t.num_rows, f, dtype=np.int32))
@@ -98,33 +115,40 @@ def _landing_files(folder: Path, pattern: str) -> list[Path]:
     return files
 
 
-def ingest_notes(landing: str | Path, out: str | Path) -> dict:
+def _commit_folder(final: Path, fill, stats: dict, writer: str) -> None:
+    """Replace the folder ``final`` as a unit (jobs.spark_output.FolderCommit on the local
+    disk): ``fill(staging)`` writes the files, then ``_stats.json`` and ``_SUCCESS`` are
+    written and the folder swapped in. A reader sees the complete old or new folder
+    (for an instant none); a process killed at any step leaves the old one, which the
+    rerun's ``recover`` restores if the kill fell between the two renames."""
+    commit = FolderCommit(storage.LOCAL, str(final))
+    commit.recover()
+    staging = Path(commit.staging)
+    staging.mkdir(parents=True)
+    try:
+        fill(staging)
+        fault_point(writer, "staged")
+        commit.publish(stats)
+    except BaseException:
+        commit.abandon()
+        raise
+    fault_point(writer, "committed")
+
+
+def ingest_notes(landing: str | Path, out: str | Path, window: tuple[int, int] | None = None) -> dict:
     landing, out = Path(landing), Path(out)
     files = _landing_files(landing / "notes", "*.parquet")
     table, sources, file_idx, rows = read_landing_files(files, NOTES_LANDING)
-    notes, quarantine, stats = validate_notes(table, sources, file_idx, rows)
-    write_table(notes, out / "notes" / "notes.parquet", NOTES)
-    write_quarantine(quarantine, out / "quarantine" / "notes" / "part-00000.parquet")
+    notes, quarantine, stats = validate_notes(table, sources, file_idx, rows, window)
     stats = {"contract": NOTES.name, "rows": notes.num_rows, **stats}
-    mark_success(out / "quarantine" / "notes", stats)
-    mark_success(out / "notes", stats)
+    _commit_folder(out / "quarantine" / "notes",
+                   lambda d: write_quarantine(quarantine, d / "part-00000.parquet"), stats, "ingest_notes")
+    _commit_folder(out / "notes", lambda d: write_table(notes, d / "notes.parquet", NOTES), stats, "ingest_notes")
     return stats
 
 
 def _landing_partition(path: Path) -> str:
     return path.parent.name[3:] if path.parent.name.startswith("dt=") else path.stem
-
-
-def _refresh_day_stats(day_dir: Path) -> None:
-    files = {p.name: pq.ParquetFile(p).metadata.num_rows for p in sorted(day_dir.glob("part-*.parquet"))}
-    if not files:
-        for name in (SUCCESS_MARKER, STATS_FILE):
-            (day_dir / name).unlink(missing_ok=True)
-        if not any(day_dir.iterdir()):
-            day_dir.rmdir()
-        return
-    (day_dir / SUCCESS_MARKER).unlink(missing_ok=True)
-    mark_success(day_dir, {"contract": EVENTS.name, "rows": sum(files.values()), "files": files})
 
 
 def _partition_stats(part: str, part_files: dict, by_day: dict) -> dict:
@@ -143,8 +167,34 @@ def _partition_stats(part: str, part_files: dict, by_day: dict) -> dict:
     }
 
 
+def _commit_day(day_dir: Path, replaced: set[str], new_files: dict[str, pa.Table]) -> None:
+    """The day folder with the files of the re-ingested landing partitions (``replaced``
+    names) swapped for ``new_files``; the other partitions' files are kept (hard links).
+    A day left without files is removed."""
+    kept = [p for p in sorted(day_dir.glob("part-*.parquet")) if p.name not in replaced]
+    if not kept and not new_files:
+        if day_dir.exists():
+            FolderCommit(storage.LOCAL, str(day_dir)).recover()
+            shutil.rmtree(day_dir)
+        return
+
+    def fill(staging: Path) -> None:
+        for old in kept:
+            try:
+                os.link(old, staging / old.name)   # same disk: no copy; the old day stays intact
+            except OSError:
+                shutil.copy2(old, staging / old.name)
+        for name, rows_of_day in new_files.items():
+            write_table(rows_of_day, staging / name, EVENTS)
+
+    counts = {p.name: pq.ParquetFile(p).metadata.num_rows for p in kept}
+    counts.update({name: t.num_rows for name, t in new_files.items()})
+    _commit_folder(day_dir, fill, {"contract": EVENTS.name, "rows": sum(counts.values()),
+                                   "files": dict(sorted(counts.items()))}, "ingest_events")
+
+
 def ingest_events(landing: str | Path, out: str | Path, notes_path: str | Path | None = None,
-                  partitions: list[str] | None = None) -> dict:
+                  partitions: list[str] | None = None, window: tuple[int, int] | None = None) -> dict:
     landing, out = Path(landing), Path(out)
     notes_path = Path(notes_path) if notes_path else out / "notes" / "notes.parquet"
     if not notes_path.exists():
@@ -160,49 +210,47 @@ def ingest_events(landing: str | Path, out: str | Path, notes_path: str | Path |
             raise FileNotFoundError(f"landing folder {landing / 'events'} has no partition(s) "
                                     f"{sorted('dt=' + m for m in missing)}")
     table, sources, file_idx, rows = read_landing_files(files, EVENTS_LANDING)
-    events, quarantine, stats = validate_events(table, known, sources, file_idx, rows)
+    events, quarantine, stats = validate_events(table, known, sources, file_idx, rows, window)
 
     file_partition = np.array([_landing_partition(f) for f in files], dtype=object)
     events_root = out / "events"
-    touched: set[Path] = set()
     per_partition = {}
     q_partition = file_partition[np.array([sources.index(s) for s in quarantine.column("source").to_pylist()],
                                           dtype=np.int64)] if quarantine.num_rows else np.array([], dtype=object)
     ev_partition = file_partition[events.column("__file").to_numpy()] if events.num_rows else np.array([], object)
-    for part in sorted(set(file_partition)):
-        out_name = f"part-from-{part}.parquet"
-        for old in events_root.glob(f"dt=*/{out_name}"):     # idempotent: drop this partition's old output
-            (old.parent / SUCCESS_MARKER).unlink(missing_ok=True)
-            old.unlink()
-            touched.add(old.parent)
+    parts = sorted(set(file_partition))
+    replaced = {f"part-from-{part}.parquet" for part in parts}
+    new_by_day: dict[str, dict[str, pa.Table]] = {}
+    for part in parts:
         mine = events.filter(pa.array(ev_partition == part)).drop_columns(["__file"])
         by_day = {}
         for day, rows_of_day in sorted(split_by_day(mine).items()):
-            day_dir = events_root / f"dt={day.isoformat()}"
-            write_table(rows_of_day, day_dir / out_name, EVENTS)
-            touched.add(day_dir)
+            new_by_day.setdefault(f"dt={day.isoformat()}", {})[f"part-from-{part}.parquet"] = rows_of_day
             by_day[day.isoformat()] = rows_of_day.num_rows
-        q_dir = out / "quarantine" / "events" / f"dt={part}"
-        q_mine = quarantine.filter(pa.array(q_partition == part)) if quarantine.num_rows else quarantine
-        write_quarantine(q_mine, q_dir / "part-00000.parquet")
         part_stats = _partition_stats(part, {s: stats["files"][s] for s, p in zip(sources, file_partition)
                                              if p == part}, by_day)
-        (q_dir / SUCCESS_MARKER).unlink(missing_ok=True)
-        mark_success(q_dir, part_stats)
         per_partition[part] = part_stats
-    for day_dir in sorted(touched):
-        _refresh_day_stats(day_dir)
+    # Every day that held or will hold a file of these partitions: each is committed whole.
+    days = set(new_by_day) | {p.parent.name for name in replaced for p in events_root.glob(f"dt=*/{name}")}
+    for day in sorted(days):
+        _commit_day(events_root / day, replaced, new_by_day.get(day, {}))
+    for part in parts:   # the accounting last: its _SUCCESS says the partition's days are in
+        q_mine = quarantine.filter(pa.array(q_partition == part)) if quarantine.num_rows else quarantine
+        _commit_folder(out / "quarantine" / "events" / f"dt={part}",
+                       lambda d, q=q_mine: write_quarantine(q, d / "part-00000.parquet"), per_partition[part],
+                       "ingest_events")
     return {"contract": EVENTS.name, "notes": str(notes_path), "partitions": per_partition, **stats}
 
 
 def _notes_command(cfg: IngestNotesConfig, timer: cli.Timer) -> dict:
     with timer.phase("ingest_notes"):
-        return _bad_input(ingest_notes, cfg.landing, cfg.out)
+        return _bad_input(ingest_notes, cfg.landing, cfg.out, window_from(cfg.earliest, cfg.latest))
 
 
 def _events_command(cfg: IngestEventsConfig, timer: cli.Timer) -> dict:
     with timer.phase("ingest_events"):
-        return _bad_input(ingest_events, cfg.landing, cfg.out, cfg.notes, cfg.dt or None)
+        return _bad_input(ingest_events, cfg.landing, cfg.out, cfg.notes, cfg.dt or None,
+                          window_from(cfg.earliest, cfg.latest))
 
 
 def _bad_input(fn, *args) -> dict:

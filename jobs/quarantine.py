@@ -3,7 +3,8 @@
 Every validating step (``jobs.ingest``, the public-data adapters) turns each
 input row into exactly one of: accepted into a contract table, quarantined
 here (QUARANTINE contract: source file, 1-based row number within it, reason
-``code`` or ``code: detail``, the raw row as JSON) or, for the adapters only,
+``code`` or ``code: detail``, the raw row as JSON, cut to
+``notellm.limits.MAX_QUARANTINE_RAW_CHARS``) or, for the adapters only,
 ignored on purpose with a counted reason. Counts reconcile:
 ``rows_in = rows_accepted + rows_quarantined (+ rows_ignored)``.
 """
@@ -18,6 +19,7 @@ from typing import Iterable, Sequence
 import pyarrow as pa
 
 from notellm.contracts import QUARANTINE, empty_table, write_table
+from notellm.limits import cap_raw
 
 
 def reason_code(reason: str) -> str:
@@ -34,7 +36,8 @@ def quarantine_table(source: str, row_numbers: Sequence[int | None], reasons: Se
     """Build a QUARANTINE table for rows of one source."""
     if not (len(row_numbers) == len(reasons) == len(raw_rows)):
         raise ValueError("row_numbers, reasons and raw_rows must have the same length")
-    raws = [r if (r is None or isinstance(r, str)) else raw_json(r) for r in raw_rows]
+    # Capped: a huge rejected row must not make the quarantine as large as the input.
+    raws = [cap_raw(r if (r is None or isinstance(r, str)) else raw_json(r)) for r in raw_rows]
     return pa.table({
         "source": pa.array([str(source)] * len(reasons), pa.string()),
         "row_number": pa.array(list(row_numbers), pa.int64()),

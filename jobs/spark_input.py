@@ -28,6 +28,7 @@ from notellm import contracts, storage
 from notellm.cli import BadInput
 from notellm.contracts import ContractError
 from notellm.storage import FileEntry, Storage, StorageError, parquet_metadata
+from notellm.timestamps import plausible_window, spark_sql, spark_sql_typed
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,35 @@ def parquet_files(store: Storage, directory: str) -> list[FileEntry]:
     return store.list_files(directory, ".parquet")
 
 
+def committed_day_files(store: Storage, day_dir: str) -> list[FileEntry]:
+    """The files of a committed day partition: none when the folder does not exist; else
+    the folder must have ``_SUCCESS`` (a day being written or half ingested is refused,
+    never mined), and when its ``_stats.json`` lists ``files`` exactly those are read
+    (a listed file missing is an error; an unlisted one, e.g. a late straggler, is left out
+    and logged)."""
+    if not store.exists(day_dir):
+        return []
+    present = parquet_files(store, day_dir)
+    if not store.exists(storage.join(day_dir, contracts.SUCCESS_MARKER)):
+        raise InputError(f"events: {day_dir}: no {contracts.SUCCESS_MARKER} marker ({len(present)} Parquet "
+                         "file(s)): the day is still being written or was half ingested; it is not mined. "
+                         "Rerun its ingest (or the producer's commit)")
+    stats_uri = storage.join(day_dir, contracts.STATS_FILE)
+    listed = store.read_json(stats_uri).get("files") if store.exists(stats_uri) else None
+    if not isinstance(listed, dict):
+        return present
+    by_name = {storage.name_of(e.uri): e for e in present}
+    missing = sorted(set(listed) - set(by_name))
+    if missing:
+        raise InputError(f"events: {day_dir}: {contracts.STATS_FILE} lists {missing[:5]} but they are not there; "
+                         "the day is damaged")
+    extra = sorted(set(by_name) - set(listed))
+    if extra:
+        log.warning("%s: %d Parquet file(s) not listed in %s are not read: %s", day_dir, len(extra),
+                    contracts.STATS_FILE, extra[:5])
+    return [by_name[name] for name in sorted(listed)]
+
+
 def read_schema(store: Storage, uri: str, what: str):
     try:
         return parquet_metadata(store, uri).schema.to_arrow_schema()
@@ -78,7 +108,7 @@ def discover_event_files(store: Storage, events_root: str, days: list[dt.date],
         raise InputError(f"events: {events_root} is not a directory (expected {events_root}/dt=YYYY-MM-DD/*.parquet)")
     found = EventFiles([], [], [])
     for day in days:
-        files = parquet_files(store, storage.join(events_root, f"dt={day.isoformat()}"))
+        files = committed_day_files(store, storage.join(events_root, f"dt={day.isoformat()}"))
         if not files:
             found.missing_days.append(day.isoformat())
         for entry in files:
@@ -124,8 +154,15 @@ def qualify_all(store: Storage, *uris: str) -> list[str]:
 # Spark stages
 
 
-def register_inputs(spark, files: EventFiles, notes: list[str]) -> None:
-    """Temp views events_input (both file forms in one shape) and note_keys."""
+def register_inputs(spark, files: EventFiles, notes: list[str], window: tuple[int, int] | None = None) -> None:
+    """Temp views events_input (both file forms in one shape) and note_keys.
+
+    Times follow :mod:`notellm.timestamps`, the rule ingest applies: landing
+    strings through its SQL form (not Spark's lenient cast, which accepts a
+    missing offset or +99:99), typed times through the plausible window; a
+    time that breaks it is NULL, which events_classify.sql quarantines as
+    bad_timestamp."""
+    window = window or plausible_window()
     from pyspark.sql import functions as F
 
     # Explicit read schemas (the footers were checked in discover_event_files):
@@ -135,7 +172,8 @@ def register_inputs(spark, files: EventFiles, notes: list[str]) -> None:
         df = spark.read.schema("user_id STRING, note_id STRING, event_type STRING, event_time TIMESTAMP") \
             .parquet(*files.contract)
         parts.append(df.select(
-            "user_id", "note_id", "event_type", F.col("event_time").cast("timestamp").alias("event_time"),
+            "user_id", "note_id", "event_type",
+            F.expr(spark_sql_typed("CAST(event_time AS TIMESTAMP)", window)).alias("event_time"),
             # Typed times need no text; events_classify.sql formats one only for a quarantined row
             # (formatting every row's time cost more than the rest of the classification).
             F.lit(None).cast("string").alias("event_time_text"),
@@ -144,7 +182,7 @@ def register_inputs(spark, files: EventFiles, notes: list[str]) -> None:
         df = spark.read.schema("user_id STRING, note_id STRING, event_type STRING, event_time STRING") \
             .parquet(*files.landing)
         parts.append(df.select(
-            "user_id", "note_id", "event_type", F.expr("try_cast(event_time AS TIMESTAMP)").alias("event_time"),
+            "user_id", "note_id", "event_type", F.expr(spark_sql("event_time", window)).alias("event_time"),
             F.col("event_time").alias("event_time_text"), F.col("_metadata.file_path").alias("source")))
     events = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
     events.createOrReplaceTempView("events_input")

@@ -13,6 +13,7 @@ import math
 
 from notellm import contracts, storage
 from notellm.contracts import ContractError
+from notellm.faults import fault_point
 from notellm.storage import Storage, parquet_metadata
 
 log = logging.getLogger(__name__)
@@ -119,12 +120,17 @@ class FolderCommit:
         return write_folder(self.store, df, storage.join(self.staging, sub) if sub else self.staging, contract, rows)
 
     def publish(self, stats: dict) -> str:
+        """Mark the checked staging folder and swap it in (fault points ``folder_commit:<step>``)."""
         mark_success(self.store, self.staging, stats)
+        fault_point("folder_commit", "marked")
         if self.store.exists(self.final):
             self.store.mkdirs(storage.join(self.parent, "_trash"))
             self.store.rename(self.final, self.trash)
+            fault_point("folder_commit", "old_moved_aside")
         self.store.rename(self.staging, self.final)
+        fault_point("folder_commit", "renamed")
         self.store.delete(self.trash)
+        fault_point("folder_commit", "trash_deleted")
         return self.final
 
     def abandon(self) -> None:

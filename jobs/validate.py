@@ -12,53 +12,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.quarantine import concat_quarantine, quarantine_table, raw_json
+from notellm import limits
 from notellm.contracts import EVENT_TYPES, EVENTS_LANDING, NOTES_LANDING, Contract
-
-ISO_PATTERN = (r"^(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}:\d{2})"
-               r"(?P<frac>\.\d{1,9})?(?P<tz>Z|z|[+-]\d{2}:?\d{2})$")
-
+from notellm.timestamps import parse_iso_utc
 
 # --------------------------------------------------------------------------
 # pure transforms
-
-
-def parse_iso_utc(text: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Parse ISO-8601 timestamps *with a UTC offset* into timestamp[us, UTC];
-    null where the text is null, malformed, has no offset or names an
-    impossible date/time (2026-02-30, 25:61). Fractions beyond microseconds
-    are truncated.
-
-    Arrow's strptime is lenient (it rolls 02-30 over to 03-02), so the local
-    date-time is parsed and printed back; only exact round trips count.
-    """
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
-    parts = pc.extract_regex(text, ISO_PATTERN)          # null where no match
-    date, clock = parts.field("date"), parts.field("time")
-    frac, tz = parts.field("frac"), parts.field("tz")
-    local = pc.binary_join_element_wise(date, clock, "T")
-    naive = pc.strptime(local, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
-    round_trip = pc.equal(pc.strftime(naive, format="%Y-%m-%dT%H:%M:%S"), local)
-    valid = pc.fill_null(pc.and_(pc.is_valid(parts), round_trip), False)
-
-    seconds = pc.cast(naive, pa.int64()).to_numpy(zero_copy_only=False)
-    frac_digits = pc.utf8_slice_codeunits(pc.utf8_rpad(pc.utf8_slice_codeunits(frac, 1, 7), 6, "0"), 0, 6)
-    frac_us = pc.cast(pc.if_else(pc.equal(pc.fill_null(frac, ""), ""), "000000", frac_digits),
-                      pa.int64(), safe=False)
-    # StructArray.field() does not carry the struct's nulls: mask invalid rows explicitly.
-    frac = pc.if_else(valid, frac, "")
-    tz_plain = pc.replace_substring(pc.if_else(valid, tz, "Z"), ":", "")     # "+0530" / "Z"
-    is_z = pc.equal(pc.utf8_upper(tz_plain), "Z")
-    hours = pc.cast(pc.if_else(is_z, "00", pc.utf8_slice_codeunits(tz_plain, 1, 3)), pa.int64())
-    minutes = pc.cast(pc.if_else(is_z, "00", pc.utf8_slice_codeunits(tz_plain, 3, 5)), pa.int64())
-    sign = pc.if_else(pc.equal(pc.utf8_slice_codeunits(tz_plain, 0, 1), "-"), -1, 1)
-    offset_s = pc.multiply(sign, pc.add(pc.multiply(hours, 3600), pc.multiply(minutes, 60)))
-
-    valid_np = valid.to_numpy(zero_copy_only=False)
-    seconds = np.where(valid_np, np.nan_to_num(seconds.astype(np.float64), nan=0).astype(np.int64), 0)
-    micros = ((seconds - pc.fill_null(offset_s, 0).to_numpy(zero_copy_only=False)) * 1_000_000
-              + pc.fill_null(frac_us, 0).to_numpy(zero_copy_only=False))
-    return pa.array(micros, pa.timestamp("us", tz="UTC"), mask=~valid_np)
 
 
 def _blank(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -95,6 +54,8 @@ class _Reasons:
 
 def _detail(code: str, row: dict, column: str | None) -> str:
     if column is None:
+        return code
+    if code == "too_long":
         return code
     return f"{code}: {row.get(column)!r}" if code != "unknown_note_id" else f"{code}: {row.get(column)}"
 
@@ -134,12 +95,34 @@ def _accounting(sources: list[str], file_idx: np.ndarray, reasons: _Reasons) -> 
     return {"files": files, **total}
 
 
+def _longer(col: pa.Array | pa.ChunkedArray, limit: int) -> np.ndarray:
+    """True where the text has more than ``limit`` characters (null: False)."""
+    return pc.fill_null(pc.greater(pc.utf8_length(col), limit), False).to_numpy(zero_copy_only=False)
+
+
+def too_long_notes(table: pa.Table) -> np.ndarray:
+    """Rows over any cap of :mod:`notellm.limits` (title, content, id, hashtag count or length)."""
+    tags = table.column("hashtags")
+    n_tags = pc.fill_null(pc.list_value_length(tags), 0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(tags)
+    long_tag = np.zeros(table.num_rows, bool)
+    if len(flat):
+        parents = pc.list_parent_indices(tags).to_numpy(zero_copy_only=False)
+        over = _longer(flat, limits.MAX_HASHTAG_CHARS)
+        long_tag[parents[over]] = True
+    return (_longer(table.column("title"), limits.MAX_TITLE_CHARS)
+            | _longer(table.column("content"), limits.MAX_CONTENT_CHARS)
+            | _longer(table.column("note_id"), limits.MAX_ID_CHARS)
+            | (n_tags > limits.MAX_HASHTAGS) | long_tag)
+
+
 def validate_notes(table: pa.Table, sources: list[str], file_idx: np.ndarray, row_in_file: np.ndarray,
-                   ) -> tuple[pa.Table, pa.Table, dict]:
+                   window: tuple[int, int] | None = None) -> tuple[pa.Table, pa.Table, dict]:
     """Landing notes -> (NOTES table, QUARANTINE table, accounting)."""
     r = _Reasons(table.num_rows)
-    created = parse_iso_utc(table.column("created_at"))
+    created = parse_iso_utc(table.column("created_at"), window)
     r.flag(_blank(table.column("note_id")), "null_note_id")
+    r.flag(too_long_notes(table), "too_long")
     r.flag(~created.is_valid().to_numpy(zero_copy_only=False), "bad_timestamp")
     r.flag(_blank(table.column("title")) & _blank(table.column("content")), "empty_text")
     r.flag(_blank(table.column("category")), "null_category")
@@ -162,12 +145,15 @@ def validate_notes(table: pa.Table, sources: list[str], file_idx: np.ndarray, ro
 
 
 def validate_events(table: pa.Table, known_note_ids: pa.Array, sources: list[str], file_idx: np.ndarray,
-                    row_in_file: np.ndarray) -> tuple[pa.Table, pa.Table, dict]:
+                    row_in_file: np.ndarray, window: tuple[int, int] | None = None,
+                    ) -> tuple[pa.Table, pa.Table, dict]:
     """Landing events -> (EVENTS table with extra ``__file`` column, QUARANTINE table, accounting)."""
     r = _Reasons(table.num_rows)
-    event_time = parse_iso_utc(table.column("event_time"))
+    event_time = parse_iso_utc(table.column("event_time"), window)
     r.flag(_blank(table.column("user_id")), "null_user_id")
     r.flag(_blank(table.column("note_id")), "null_note_id")
+    r.flag(_longer(table.column("user_id"), limits.MAX_ID_CHARS) | _longer(table.column("note_id"), limits.MAX_ID_CHARS)
+           | _longer(table.column("event_type"), limits.MAX_ID_CHARS), "too_long")
     r.flag(~event_time.is_valid().to_numpy(zero_copy_only=False), "bad_timestamp")
     known_type = pc.is_in(table.column("event_type"), value_set=pa.array(EVENT_TYPES, pa.string()))
     r.flag(~pc.fill_null(known_type, False).to_numpy(zero_copy_only=False), "unknown_event_type")

@@ -20,10 +20,21 @@ FAULT_ENV = "NOTELLM_FAULT_AT"
 READY_ENV = "NOTELLM_FAULT_READY"
 
 
+_hits: dict[str, int] = {}
+
+
 def fault_point(writer: str, step: str) -> None:
-    """Block forever at ``writer:step`` when the fault environment names it (tests only)."""
+    """Block forever at ``writer:step`` when the fault environment names it (tests only);
+    ``writer:step@n`` blocks at its n-th occurrence in this process (e.g. the third day)."""
     spec = os.environ.get(FAULT_ENV)
-    if not spec or f"{writer}:{step}" not in spec.split(","):
+    if not spec:
+        return
+    point = f"{writer}:{step}"
+    wanted = {item.split("@")[0]: int(item.split("@")[1]) if "@" in item else 1 for item in spec.split(",")}
+    if point not in wanted:
+        return
+    _hits[point] = _hits.get(point, 0) + 1
+    if _hits[point] != wanted[point]:
         return
     ready = os.environ.get(READY_ENV)
     if ready:

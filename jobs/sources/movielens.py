@@ -46,6 +46,7 @@ from jobs.sources import write_day_partitions
 from notellm import cli
 from notellm.config import defaults
 from notellm.contracts import NOTES, mark_success, write_table
+from notellm.timestamps import plausible_window
 
 MAX_HASHTAGS = 10
 CONTENT_TAGS = 5
@@ -58,20 +59,33 @@ def _read_csv(path: Path) -> pa.Table:
     """Every column as (nullable) text so malformed values reach validation."""
     if not path.exists():
         raise FileNotFoundError(f"MovieLens file {path} does not exist")
-    header = path.open(encoding="utf-8").readline().strip().split(",")
-    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-        column_types={c: pa.string() for c in header}, strings_can_be_null=True))
+    try:
+        header = path.open(encoding="utf-8").readline().strip().split(",")
+        if header == [""]:
+            raise cli.BadInput(f"{path}: empty file (no header row)")
+        return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in header}, strings_can_be_null=True))
+    except UnicodeDecodeError as exc:
+        raise cli.BadInput(f"{path}: not UTF-8 at byte {exc.start} of the header") from None
+    except pa.ArrowInvalid as exc:   # invalid UTF-8 in a row, a ragged row, ...
+        raise cli.BadInput(f"{path}: unreadable as CSV: {exc}") from None
 
 
 def _positive_int(col: pa.ChunkedArray) -> np.ndarray:
-    """Parse integer ids; -1 where missing/unparsable/not positive."""
+    """Parse integer ids; -1 where missing/unparsable/not positive or beyond int64 (at most 18
+    digits: a 20-digit "id" was a crash in the cast, a huge time an overflow when scaled)."""
     text = pc.fill_null(col, "")
-    ok = pc.match_substring_regex(text, r"^\s*\d+\s*$").to_numpy(zero_copy_only=False)
+    ok = pc.match_substring_regex(text, r"^\s*\d{1,18}\s*$").to_numpy(zero_copy_only=False)
     vals = np.full(len(text), -1, dtype=np.int64)
     if ok.any():
         vals[ok] = pc.cast(pc.utf8_trim_whitespace(text.filter(pa.array(ok))), pa.int64()).to_numpy()
     vals[vals <= 0] = -1
     return vals
+
+
+def _plausible_seconds(ts: np.ndarray) -> np.ndarray:
+    lo, hi = plausible_window()
+    return (ts >= 0) & (ts <= hi // 1_000_000) & (ts >= -(-lo // 1_000_000))
 
 
 def _float(col: pa.ChunkedArray) -> np.ndarray:
@@ -175,6 +189,9 @@ def check_ratings(path: Path, ratings: pa.Table, known: pa.Array, min_rating: fl
     in_catalogue = pc.is_in(pa.array(r_movie), value_set=known).to_numpy(zero_copy_only=False)
     rled.quarantine(~in_catalogue, "unknown_movie", "movieId")
     rled.quarantine(~((r_value >= 0.5) & (r_value <= 5.0)), "bad_rating", "rating")
+    # Seconds within the shared plausible window (notellm.timestamps); checked before the
+    # scaling to microseconds, which could otherwise wrap around silently.
+    r_ts[~_plausible_seconds(r_ts)] = -1
     rled.quarantine(r_ts < 0, "bad_timestamp", "timestamp")
     rled.ignore(r_value < min_rating, "rating_below_threshold")
     return Ratings(rled, r_user, r_movie, r_ts)
@@ -185,6 +202,7 @@ def check_tags(path: Path, tags: pa.Table, known: pa.Array) -> Tags:
     tled = Ledger(path, tags)
     t_movie = _positive_int(tags.column("movieId"))
     t_ts = _positive_int(tags.column("timestamp"))
+    t_ts[~_plausible_seconds(t_ts)] = -1
     tag_text = pc.utf8_lower(pc.utf8_trim_whitespace(pc.fill_null(tags.column("tag"), "")))
     tled.quarantine(t_movie < 0, "missing_id", "movieId")
     tled.quarantine(~pc.is_in(pa.array(t_movie), value_set=known).to_numpy(zero_copy_only=False),
@@ -210,9 +228,9 @@ def first_interaction(ratings: Ratings, tags: Tags) -> dict[int, int]:
     """movie id -> unix seconds of its first interaction (any valid rating,
     liked or not, or tag)."""
     r_valid = (ratings.ledger.reason == "")
-    t_ok = tags.ledger.ok
+    t_ok = tags.ledger.ok & (tags.ts > 0)   # a tag without a plausible time says nothing about when
     stamps = pa.table({"movie": pa.array(np.concatenate([ratings.movie[r_valid], tags.movie[t_ok]])),
-                       "ts": pa.array(np.concatenate([ratings.ts[r_valid], tags.ts[t_ok & (tags.ts > 0)]]))})
+                       "ts": pa.array(np.concatenate([ratings.ts[r_valid], tags.ts[t_ok]]))})
     first_seen = stamps.group_by("movie").aggregate([("ts", "min")])
     return dict(zip(first_seen.column("movie").to_pylist(), first_seen.column("ts_min").to_pylist()))
 

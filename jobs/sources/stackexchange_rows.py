@@ -18,14 +18,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import iterparse
 
 from jobs.quarantine import quarantine_table
+from notellm.cli import BadInput
 from notellm.contracts import EVENTS, NOTES, RELATED_LINKS
+from notellm.timestamps import in_window, plausible_window, to_micros
 
 LINK_TYPES = {"1": "linked", "3": "duplicate"}
 RAW_MAX_CHARS = 2000            # quarantine keeps the raw row, long bodies truncated
 
+_WINDOW = plausible_window()
 _TAG_RE = re.compile(r"<[^>]*>")
 _BLOCK_RE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.S | re.I)
 _WS_RE = re.compile(r"\s+")
@@ -60,7 +66,9 @@ def parse_time(text: str | None) -> dt.datetime | None:
         t = dt.datetime.fromisoformat(text)
     except ValueError:
         return None
-    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+    t = t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
+    # The shared plausible window (notellm.timestamps), as for every other source.
+    return t if in_window(np.array([to_micros(t)]), _WINDOW)[0] else None
 
 
 def positive_id(text: str | None) -> int | None:
@@ -73,16 +81,32 @@ def positive_id(text: str | None) -> int | None:
 
 def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
     """Stream ``<row .../>`` attributes with a 1-based row number, clearing
-    parsed elements so memory stays flat."""
+    parsed elements so memory stays flat.
+
+    Parsed with defusedxml: entity definitions (the "billion laughs" bomb) and
+    external entities are refused rather than expanded or fetched. A
+    truncated file, invalid UTF-8, an empty file or a forbidden construct is
+    :class:`notellm.cli.BadInput` (exit 2) naming the file and the position."""
     n = 0
-    context = ET.iterparse(path, events=("start", "end"))
-    _, root = next(context)
-    for event, elem in context:
-        if event == "end" and elem.tag == "row":
-            n += 1
-            yield n, dict(elem.attrib)
-            elem.clear()
-            root.clear()
+    try:
+        # A bare DOCTYPE naming a DTD is allowed (some real dumps carry one; expat never fetches it).
+        context = iterparse(str(path), events=("start", "end"), forbid_dtd=False, forbid_entities=True,
+                            forbid_external=True)
+        _, root = next(context)
+        for event, elem in context:
+            if event == "end" and elem.tag == "row":
+                n += 1
+                yield n, dict(elem.attrib)
+                elem.clear()
+                root.clear()
+    except ET.ParseError as exc:
+        raise BadInput(f"{path}: not well-formed XML after row {n} ({exc}): truncated, not UTF-8 or empty") \
+            from None
+    except DefusedXmlException as exc:
+        raise BadInput(f"{path}: refused XML construct after row {n} ({type(exc).__name__}: {exc}); "
+                       "dumps define no entities") from None
+    except StopIteration:
+        raise BadInput(f"{path}: empty XML file") from None
 
 
 class FileLedger:

@@ -136,7 +136,8 @@ def test_recall_gate_refuses_a_worse_model_and_keeps_current(tmp_path, tiny_enco
     with pytest.raises(GateFailed, match=r"Recall@1 fell from 1.0000 \(recorded in .*\) to"):
         run_nightly(model_dir=worse, date="2026-11-25", **kw)
     assert current_name(root) == first["snapshot"]
-    assert sorted(p.name for p in (root / "snapshots").iterdir() if not p.name.startswith(".")) == [first["snapshot"], "CURRENT"]
+    listed = sorted(p.name for p in (root / "snapshots").iterdir() if not p.name.startswith("."))
+    assert listed == [first["snapshot"], "CURRENT"]
 
     # The same model again passes (no drop) and is published with the recorded baseline.
     again = run_nightly(model_dir=good, date="2026-11-25", **kw)
@@ -159,7 +160,8 @@ def test_nan_model_is_refused_by_the_nightly_run_and_current_stays(tmp_path, tin
     with pytest.raises(NonFiniteError, match="non-finite values"):
         run_nightly(model_dir=nan_dir, date="2026-11-25", **kw)
     assert current_name(root) == first["snapshot"]
-    assert sorted(p.name for p in (root / "snapshots").iterdir() if not p.name.startswith(".")) == [first["snapshot"], "CURRENT"]
+    listed = sorted(p.name for p in (root / "snapshots").iterdir() if not p.name.startswith("."))
+    assert listed == [first["snapshot"], "CURRENT"]
     nan_id = json.loads((nan_dir / "notellm.json").read_text())["model_id"]
     written = [p.name for p in emb.glob(f"{nan_id}*/**/*") if p.is_file()]
     assert written == ["_store.json"], f"a diverged model's vectors reached the store: {written}"

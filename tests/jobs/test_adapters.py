@@ -213,15 +213,19 @@ def test_movielens_real(ml_real, movielens_data):
     assert all(e["event_time"] >= created[e["note_id"]] for e in sample)
 
 
+ML_T0 = 1_000_000_000
+
+
 def _mini_movielens(d: Path) -> Path:
     d.mkdir()
     (d / "movies.csv").write_text('movieId,title,genres\n1,"Heat, The (1995)",Action|Crime\n'
                                   '2,Blank (2000),(no genres listed)\n'
                                   "x,Bad id (2001),Drama\n1,Dup (1995),Drama\n")
-    (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,100\n1,2,2.0,200\n2,9,5.0,300\n"
-                                   "3,1,7.5,400\n4,1,3.5,oops\n")
-    (d / "tags.csv").write_text("userId,movieId,tag,timestamp\n1,1,Classic,50\n2,1,classic ,60\n3,1,heist,70\n"
-                                "4,9,ghost,80\n5,1,,90\n")
+    t = ML_T0   # times inside the plausible window (notellm.timestamps): 2001 + seconds
+    (d / "ratings.csv").write_text(f"userId,movieId,rating,timestamp\n1,1,4.0,{t + 100}\n1,2,2.0,{t + 200}\n"
+                                   f"2,9,5.0,{t + 300}\n3,1,7.5,{t + 400}\n4,1,3.5,oops\n")
+    (d / "tags.csv").write_text(f"userId,movieId,tag,timestamp\n1,1,Classic,{t + 50}\n2,1,classic ,{t + 60}\n"
+                                f"3,1,heist,{t + 70}\n4,9,ghost,{t + 80}\n5,1,,{t + 90}\n")
     return d
 
 
@@ -234,8 +238,9 @@ def test_movielens_threshold_and_quarantine(tmp_path):
     assert stats["files"]["tags.csv"]["quarantined"] == {"empty_tag": 1, "unknown_movie": 1}
     notes = {n["note_id"]: n for n in read_table(tmp_path / "out" / "notes" / "notes.parquet", NOTES).to_pylist()}
     assert notes["ml:1"]["title"] == "Heat, The (1995)" and notes["ml:1"]["hashtags"] == ["classic", "heist"]
-    assert notes["ml:1"]["created_at"] == dt.datetime.fromtimestamp(50, UTC)
-    assert notes["ml:2"]["category"] == "unknown" and notes["ml:2"]["created_at"] == dt.datetime.fromtimestamp(200, UTC)
+    assert notes["ml:1"]["created_at"] == dt.datetime.fromtimestamp(ML_T0 + 50, UTC)
+    assert notes["ml:2"]["category"] == "unknown"
+    assert notes["ml:2"]["created_at"] == dt.datetime.fromtimestamp(ML_T0 + 200, UTC)
     ev = read_table(tmp_path / "out" / "events", EVENTS).to_pylist()
     assert [(e["user_id"], e["note_id"]) for e in ev] == [("ml:1", "ml:1")]
     every = movielens.convert(d, tmp_path / "all", min_rating=0)

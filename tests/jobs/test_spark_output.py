@@ -5,6 +5,7 @@ the folder commit (stage, check, mark, swap; recovery of a killed swap)."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,66 @@ def test_recover_restores_a_partition_left_in_trash_by_a_killed_swap(spark, tmp_
     assert contracts.require_success(storage.join(root, "dt=2026-11-20"))["pairs_written"] == 3
     assert LOCAL.children(storage.join(root, "_trash")) == []
     assert LOCAL.children(storage.join(root, "_staging")) == []   # the killed run's staging is dropped
+
+
+COMMIT_STEPS = ("marked", "old_moved_aside", "renamed", "trash_deleted")
+
+
+def _folder_bytes(folder: str) -> dict:
+    """Data files and stats of a committed folder (what a rerun must reproduce)."""
+    base = Path(folder)
+    return {p.name: p.read_bytes() for p in sorted(base.iterdir()) if p.suffix == ".parquet" or p.name == "_stats.json"}
+
+
+@pytest.mark.parametrize("step", COMMIT_STEPS)
+def test_sigkill_at_each_commit_step_leaves_old_or_new_partition(spark, tmp_path, step):
+    """20 trials per step: a commit of a Spark-written staging folder is SIGKILLed at ``step``.
+    Readers then find the complete old or new partition (between the two renames: none, which
+    they refuse as missing, never a partial one); the next run's recover + commit converges on
+    the bytes of an uninterrupted commit and leaves no staging or trash behind."""
+    import functools
+    import shutil
+
+    from jobs.spark_input import committed_day_files
+    from tests.support.kill import kill_at_fault_point
+
+    root, day = str(tmp_path / "pairs"), dt.date(2026, 11, 20)
+    templates = []
+    for rows in (3, 5):   # two genuinely Spark-written staged folders, reused by every trial
+        staged = partition_commit(LOCAL, str(tmp_path / f"template{rows}"), day)
+        staged.write(spark.createDataFrame(_pairs_table(rows).to_pandas()), contracts.PAIRS, rows)
+        templates.append((staged.staging, {"pairs_written": rows}))
+    part = storage.join(root, "dt=2026-11-20")
+
+    def commit(which: int):
+        c = partition_commit(LOCAL, root, day)
+        c.recover()
+        shutil.copytree(templates[which][0], c.staging)
+        return c, templates[which][1]
+
+    c, stats = commit(0)
+    c.publish(stats)
+    reference = {}
+    for which in (0, 1):
+        ref_root = str(tmp_path / f"ref{which}")
+        r = partition_commit(LOCAL, ref_root, day)
+        shutil.copytree(templates[which][0], r.staging)
+        reference[which] = _folder_bytes(r.publish(templates[which][1]))
+    old = 0
+    for _trial in range(20):
+        new = 1 - old
+        c, stats = commit(new)
+        kill_at_fault_point(functools.partial(c.publish, stats), f"folder_commit:{step}", tmp_path / "ready")
+        if LOCAL.exists(part):
+            seen = contracts.require_success(part)["pairs_written"]
+            expected = new if step in ("renamed", "trash_deleted") else old
+            assert seen == templates[expected][1]["pairs_written"]
+            assert len(committed_day_files(LOCAL, part)) >= 1
+        else:
+            assert step == "old_moved_aside", "the partition vanished outside the swap window"
+        c2, stats2 = commit(new)        # the rerun: recover, stage, commit
+        c2.publish(stats2)
+        assert _folder_bytes(part) == reference[new]
+        assert LOCAL.children(storage.join(root, "_staging")) == []
+        assert LOCAL.children(storage.join(root, "_trash")) == []
+        old = new

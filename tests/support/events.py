@@ -46,6 +46,7 @@ def write_events(root: Path, rows, day_of=None, landing: bool = False, name: str
         table = pa.table({name_: list(col) for name_, col in zip(contract.columns, cols)},
                          schema=contract.arrow_schema)
         contracts.write_table(table, Path(root) / f"dt={day}" / name, contract)
+        contracts.mark_success(Path(root) / f"dt={day}", {"rows": len(day_rows)})   # a committed day
 
 
 def empty_days(root: Path, days) -> None:
@@ -54,3 +55,4 @@ def empty_days(root: Path, days) -> None:
         path = Path(root) / f"dt={day}" / "part-00000.parquet"
         if not path.exists():
             contracts.write_table(contracts.empty_table(contracts.EVENTS), path, contracts.EVENTS)
+            contracts.mark_success(path.parent, {"rows": 0})
