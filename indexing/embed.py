@@ -50,6 +50,7 @@ from indexing.store import (
     vectors_of,
     write_segment,
 )
+from notellm.locking import locked
 from notellm.precision import use_bf16
 
 __all__ = ["EmbedConfig", "EmbedStats", "combine_stats", "embed_corpus", "embed_rank", "load_encoder",
@@ -212,6 +213,12 @@ class _BucketWriter:
         self.model_id = info.model_id
 
     def run(self, b: int, planned: pa.Table, floor: int | None) -> None:
+        # One writer per bucket at a time, across ranks and across concurrent runs: the segment
+        # seq numbers are chosen and written under the bucket's lock (notellm.locking).
+        with locked(self.info.bucket_dir(b), f"embed bucket {b}"):
+            self._run_locked(b, planned, floor)
+
+    def _run_locked(self, b: int, planned: pa.Table, floor: int | None) -> None:
         info, stats = self.info, self.stats
         stats.buckets += 1
         clean_bucket(info, b)

@@ -42,7 +42,9 @@ from notellm.contracts import (
     read_table,
     validate_table,
 )
-from notellm.files import atomic_path, atomic_write_json, pid_alive
+from notellm.faults import fault_point
+from notellm.files import atomic_path, atomic_write_json
+from notellm.locking import temp_owner, temp_owner_gone
 
 FORMAT_VERSION = 2
 STORE_FILE = "_store.json"
@@ -50,7 +52,6 @@ RUN_FILE = "_run.json"
 SUCCESS = SUCCESS_MARKER
 KEY_COLUMNS = ["note_id", "text_sha256", "model_id", "deleted"]
 _SEGMENT = re.compile(r"^(\d{6})-(base|delta)\.parquet$")
-_TMP = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")
 
 
 # ---------------------------------------------------------------- the manifest
@@ -167,8 +168,7 @@ def clean_bucket(info: StoreInfo, b: int) -> None:
     d = info.bucket_dir(b)
     if d.is_dir():
         for name in os.listdir(d):
-            m = _TMP.match(name)
-            if m and not pid_alive(int(m.group(1))):
+            if name.startswith(".") and temp_owner(name) and temp_owner_gone(d / name):
                 (d / name).unlink(missing_ok=True)
 
 
@@ -220,6 +220,8 @@ def write_segment(info: StoreInfo, b: int, seq: int, kind: str, table: pa.Table)
     table = validate_table(table, embeddings_contract(info.dim), str(path))
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+        fault_point("embed", "segment_temp_written")
+    fault_point("embed", "segment_written")
     return path.stat().st_size
 
 
@@ -263,6 +265,7 @@ def finalize(info: StoreInfo, payload: dict) -> dict:
     if payload.get("notes") != payload.get("vectors"):
         raise ContractError(where, None, f"{payload.get('notes')} notes in, {payload.get('vectors')} vectors "
                                          "stored: the store does not reconcile")
+    fault_point("embed", "before_finalize")
     (info.model_dir / RUN_FILE).unlink(missing_ok=True)
     payload = {**payload, "model_id": info.model_id, "num_buckets": info.num_buckets, "dim": info.dim,
                "hash": info.hash, "format_version": FORMAT_VERSION, "reconciles": True}

@@ -53,6 +53,7 @@ class EventFiles:
     landing: list[str]
     missing_days: list[str]
     input_bytes: int = 0
+    footer_rows: int = 0   # rows the input files' Parquet footers declare: what the job must account for
 
     @property
     def all(self) -> list[str]:
@@ -93,11 +94,15 @@ def committed_day_files(store: Storage, day_dir: str) -> list[FileEntry]:
     return [by_name[name] for name in sorted(listed)]
 
 
-def read_schema(store: Storage, uri: str, what: str):
+def read_metadata(store: Storage, uri: str, what: str):
     try:
-        return parquet_metadata(store, uri).schema.to_arrow_schema()
+        return parquet_metadata(store, uri)
     except Exception as exc:  # noqa: BLE001 - any unreadable footer is the same input error
         raise InputError(f"{what}: {uri}: unreadable as Parquet: {exc}") from exc
+
+
+def read_schema(store: Storage, uri: str, what: str):
+    return read_metadata(store, uri, what).schema.to_arrow_schema()
 
 
 def discover_event_files(store: Storage, events_root: str, days: list[dt.date],
@@ -112,7 +117,9 @@ def discover_event_files(store: Storage, events_root: str, days: list[dt.date],
         if not files:
             found.missing_days.append(day.isoformat())
         for entry in files:
-            schema = read_schema(store, entry.uri, "events")
+            meta = read_metadata(store, entry.uri, "events")
+            schema = meta.schema.to_arrow_schema()
+            found.footer_rows += meta.num_rows
             idx = schema.get_field_index("event_time")
             form = contracts.EVENTS_LANDING if idx >= 0 and str(schema.field(idx).type) in ("string", "large_string") \
                 else contracts.EVENTS

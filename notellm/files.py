@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -60,9 +59,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     it is fsynced, renamed onto ``path`` and the directory fsynced. A reader (or
     a process killed at any step) sees the complete old file or the complete new
     one, never a torn write; a failed write removes its temp file."""
+    from notellm.locking import temp_name  # host + pid + nonce: cleanup can tell whose it is
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(temp_name(path.name))
     try:
         yield tmp
         fsync_file(tmp)

@@ -25,6 +25,7 @@ from indexing.store import (
     write_segment,
 )
 from notellm.contracts import ContractError
+from notellm.locking import host_tag
 
 
 def fnv1a64_reference(text: str) -> int:
@@ -100,7 +101,7 @@ def test_readers_never_see_half_written_segments(tmp_path):
     write_segment(info, 1, 0, "base", _rows(["a"], 1.0))
     d = info.bucket_dir(1)
     # What a writer killed mid-write leaves: a temporary sibling (dead pid), never the final name.
-    torn = d / ".000001-delta.parquet.tmp-999999999-abcdef12"
+    torn = d / f".000001-delta.parquet.tmp-{host_tag()}-999999999-abcdef12"
     torn.write_bytes(b"PAR1 torn")
     assert [s.path.name for s in list_segments(info, 1)] == ["000000-base.parquet"]
     assert fold(info, list_segments(info, 1)).num_rows == 1

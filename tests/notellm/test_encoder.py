@@ -97,3 +97,40 @@ def test_option_scores_with_reused_prompt_cache_equal_full_sequences(encoder):
     full = encoder.option_log_likelihoods(prompt, outs, reuse_prefix=False)
     np.testing.assert_allclose(fast, full, rtol=1e-4, atol=1e-4)
     assert len(set(np.round(full, 3))) == len(full)        # the options really differ
+
+
+@pytest.mark.parametrize("step", ["files_written", "verified", "old_moved_aside", "renamed"])
+def test_sigkill_during_export_leaves_the_old_or_new_model_and_the_rerun_converges(encoder, tmp_path, step):
+    """An export over an existing model is SIGKILLed at ``step`` (3 trials): loading then gives the
+    complete old model or the complete new one (between the two renames: none, refused), never a
+    mix; rerunning the export gives the same files as an uninterrupted one and no temp is left."""
+    import functools
+
+    from notellm.integrity import SUMS_FILE
+    from tests.support.kill import kill_at_fault_point
+
+    weights = {"old": encoder.projection.weight.detach().clone()}
+    weights["new"] = weights["old"] * 1.5
+
+    def save_as(which, out):
+        with torch.no_grad():
+            encoder.projection.weight.copy_(weights[which])
+        return encoder.save(out)
+
+    try:
+        ids = {w: NoteEncoder.load(save_as(w, tmp_path / f"ref-{w}")).config.model_id for w in weights}
+        assert ids["old"] != ids["new"]
+        final = tmp_path / "model"
+        for _ in range(3):
+            save_as("old", final)
+            kill_at_fault_point(functools.partial(save_as, "new", final), f"export:{step}", tmp_path / "ready")
+            if final.exists():
+                assert NoteEncoder.load(final).config.model_id == ids["new" if step == "renamed" else "old"]
+            else:
+                assert step == "old_moved_aside", "the model vanished outside the swap window"
+            save_as("new", final)
+            assert (final / SUMS_FILE).read_bytes() == (tmp_path / "ref-new" / SUMS_FILE).read_bytes()
+            assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+    finally:
+        with torch.no_grad():
+            encoder.projection.weight.copy_(weights["old"])
