@@ -78,6 +78,8 @@ class EncoderConfig:
         if data.get("format") != SIDECAR_FORMAT:
             raise ValueError(f"{path}: side-car format {data.get('format')} not supported (expected {SIDECAR_FORMAT})")
         known = {f.name for f in dataclasses.fields(cls)}
+        if data.get("model_id") is not None:   # it names store folders and snapshots: never a path
+            check_model_id(data["model_id"], str(path))
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -153,7 +155,6 @@ class NoteEncoder(nn.Module):
             raise FileNotFoundError(f"{model_dir}: no {SIDECAR}; not a NoteLLM model directory")
         verify_sums(model_dir)   # every file as exported, nothing added (weights, tokenizer, side-car)
         config = EncoderConfig.from_json(sidecar)
-        check_model_id(config.model_id, str(sidecar))
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
         weight = load_file(str(model_dir / PROJECTION_FILE))["weight"]

@@ -183,6 +183,38 @@ def test_evaluate_register_generate_commands(full_run, setup, tmp_path, capsys):
     assert result["summary"]["notes"] == 3 and result["status"] == "ok"
 
 
+@pytest.mark.parametrize("point,resumed_from", [("checkpoint:files_written@1", None),
+                                                ("checkpoint:sums_written@2", 2)])
+def test_sigkill_inside_a_checkpoint_save_resumes_from_the_last_listed_tag(full_run, setup, point, resumed_from):
+    """Killed while a save is under way (its files down but not listed, or listed but
+    'latest' not yet moved) and with a torn last log line: the rerun resumes from the tag
+    'latest' names (verified against its SHA256SUMS.json), or from scratch, and ends exactly
+    where an uninterrupted run ends."""
+    root, base = setup
+    name = f"fault-{resumed_from}"
+    cfg_path = write_cfg(root, base, name)
+    ready = root / f"{name}.ready"
+    code, _ = run_until_killed([sys.executable, "-m", "training.train", "--config", str(cfg_path)], ready.exists,
+                               root / f"{name}-logs", cwd=REPO,
+                               env={**env(), "NOTELLM_FAULT_AT": point, "NOTELLM_FAULT_READY": str(ready)})
+    assert code == -signal.SIGKILL
+    latest = root / name / "checkpoints" / "latest"
+    assert (latest.read_text().strip() if latest.exists() else None) == (f"step{resumed_from}" if resumed_from
+                                                                          else None)
+    with open(root / name / "train_log.jsonl", "a") as fh:
+        fh.write('{"step": 99, "l_cl"')                       # a write torn by the kill
+    proc = subprocess.run([sys.executable, "-m", "training.train", "--config", str(cfg_path)], cwd=REPO, env=env(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("resumed from" in proc.stderr) == bool(resumed_from)
+    resumed, full = log_rows(root / name), log_rows(full_run[0])
+    assert [r["step"] for r in resumed] == [r["step"] for r in full]
+    for a, b in zip(resumed, full):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5), a["step"]
+    tags = sorted(p.name for p in (root / name / "checkpoints").glob("step*"))
+    assert all((root / name / "checkpoints" / t / "SHA256SUMS.json").exists() for t in tags), tags
+
+
 def test_top_layers_run_resumes_after_kill_from_its_trainable_weights(setup):
     """train_top_layers saves only the trained weights in checkpoints; a killed run resumes
     from them on top of the rebuilt (frozen) backbone and ends where an uninterrupted run ends."""
