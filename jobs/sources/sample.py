@@ -186,8 +186,11 @@ def write_landing(out: Path, world: World, events: pa.Table, malformed_rate: flo
         part_landing, counts = inject_event_defects(events_to_landing(part), malformed_rate, seed * 1000 + d)
         for k, v in counts.items():
             event_defects[k] += v
-        write_table(part_landing, landing / "events" / f"dt={day.isoformat()}" / "part-00000.parquet",
-                    EVENTS_LANDING)
+        pdir = landing / "events" / f"dt={day.isoformat()}"
+        write_table(part_landing, pdir / "part-00000.parquet", EVENTS_LANDING)
+        # The producer's commit (as a Spark or Flume writer leaves it): jobs mine only committed days.
+        mark_success(pdir, {"contract": EVENTS_LANDING.name, "rows": part_landing.num_rows,
+                            "files": {"part-00000.parquet": part_landing.num_rows}})
         days[day.isoformat()] = part_landing.num_rows
     return days, {"notes": note_defects, "events": event_defects}
 

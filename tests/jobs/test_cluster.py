@@ -168,6 +168,7 @@ def test_heavy_user_and_viral_note_finish_with_bounded_memory(spark_cluster, job
         part = root / "events" / f"dt={day}"
         part.mkdir(parents=True)
         pq.write_table(table.filter(pa.array(days == day)), part / "part-00000.parquet")
+        contracts.mark_success(part, {"rows": int((days == day).sum())})
     out = tmp_path / "out" / "pairs"
     cmd = spark_cluster.submit_command(jobs_package, "cooccurrence",
                                        dag_args(uri(root), uri(out), uri(tmp_path / "out" / "q")))
