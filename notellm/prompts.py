@@ -29,6 +29,7 @@ Versions:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import random
@@ -39,6 +40,7 @@ DEFAULT_TEMPLATE_VERSION = "v1-paper"
 TEMPLATE_VERSIONS = ("v1-paper", "v2-short")
 DEFAULT_TITLE_TOKENS = 20
 DEFAULT_CONTENT_TOKENS = 80
+TRUNCATION_MARGIN_TOKENS = 16
 
 _INSTRUCTION_HEAD = "Extract the note information in json format, compress it into one word for recommendation, and "
 CATEGORY_INSTRUCTION = _INSTRUCTION_HEAD + "generate the category of the note."
@@ -138,7 +140,20 @@ class PromptBuilder:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    @functools.cached_property
+    def _max_token_chars(self) -> int:
+        """Most characters one token can stand for (its vocabulary string; byte-level
+        vocabularies spell each byte as one character, so this bounds the decoded text)."""
+        return max((len(t) for t in self.tokenizer.get_vocab()), default=1) or 1
+
     def _truncate(self, text: str, max_tokens: int) -> str:
+        # Cut before tokenising: a 5 MB content must not be tokenised whole to keep 80 tokens.
+        # The first max_tokens tokens span at most max_tokens * _max_token_chars characters; the
+        # margin of TRUNCATION_MARGIN_TOKENS more keeps the pre-tokenizer chunk at the cut from
+        # changing them (tests/notellm/test_prompts.py compares with tokenising the whole text).
+        limit = (max_tokens + TRUNCATION_MARGIN_TOKENS) * self._max_token_chars
+        if len(text) > limit:
+            text = text[:limit]
         ids = self._ids(text)
         if len(ids) <= max_tokens:
             return text

@@ -75,3 +75,22 @@ def test_sample_hashtags_and_fingerprint():
         assert 1 <= len(picked) <= 3 and all(h in NOTE["hashtags"] for h in picked)
     assert note_fingerprint(NOTE) != note_fingerprint({**NOTE, "title": "other"})
     assert note_fingerprint(NOTE) != note_fingerprint(NOTE, PromptConfig("v2-short"))
+
+
+def test_early_cut_before_tokenising_keeps_the_same_truncation(tokenizer):
+    """Huge texts are cut before the tokenizer sees them; the kept tokens equal those of
+    tokenising the whole text (checked on long words, runs of spaces and punctuation, CJK,
+    emoji, a 1 MB single word and mixed prose)."""
+    import random
+
+    pb = PromptBuilder(tokenizer)
+    rng = random.Random(0)
+    words = ["coffee", "espresso", "naïve", "咖啡豆", "☕☕", "=====", "    ", "\n\n", "supercalifragilistic",
+             "https://example.com/a/b?c=d", "1234567890", "Ⅻ", "—", "🙂"]
+    texts = [" ".join(rng.choice(words) for _ in range(n)) for n in (50, 500, 5_000, 50_000)]
+    texts += ["x" * 1_000_000, " " * 100_000 + "end", "ab" * 200_000, "咖啡" * 100_000]
+    for text in texts:
+        for max_tokens in (20, 80):
+            whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+            expected = text if len(whole) <= max_tokens else tokenizer.decode(whole[:max_tokens])
+            assert pb._truncate(text, max_tokens) == expected, (text[:40], max_tokens)
