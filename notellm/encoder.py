@@ -117,16 +117,21 @@ class NoteEncoder(nn.Module):
         # Mean of the existing token embeddings (paper Sec. 3.3). Computed over the
         # tokenizer's original vocabulary, not over padding rows some checkpoints
         # carry past it, and written even when [EMB] lands in such a spare row.
-        emb_rows = lm.get_input_embeddings().weight
-        n_existing = min(emb_id, emb_rows.shape[0])
-        with torch.no_grad():
-            mean = emb_rows[:n_existing].float().mean(dim=0)
-        if emb_id >= emb_rows.shape[0]:
+        # Under ZeRO-3 (a live HfDeepSpeedConfig) the weights arrive partitioned: the embedding
+        # matrices are gathered only for these row writes, and rank 0's rows are re-partitioned.
+        with gathered([lm.get_input_embeddings().weight]):
+            emb_rows = lm.get_input_embeddings().weight
+            n_existing = min(emb_id, emb_rows.shape[0])
+            n_rows = emb_rows.shape[0]
+            with torch.no_grad():
+                mean = emb_rows[:n_existing].float().mean(dim=0)
+        if emb_id >= n_rows:
             lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        with torch.no_grad():
-            lm.get_input_embeddings().weight[emb_id] = mean.to(lm.get_input_embeddings().weight.dtype)
-            out_emb = lm.get_output_embeddings()
-            if out_emb is not None and out_emb.weight.data_ptr() != lm.get_input_embeddings().weight.data_ptr():
+        in_emb, out_emb = lm.get_input_embeddings(), lm.get_output_embeddings()
+        untied = out_emb is not None and out_emb.weight is not in_emb.weight
+        with gathered([in_emb.weight, out_emb.weight] if untied else [in_emb.weight]), torch.no_grad():
+            in_emb.weight[emb_id] = mean.to(in_emb.weight.dtype)
+            if untied and out_emb.weight.data_ptr() != in_emb.weight.data_ptr():
                 # untied head: [EMB] is never a target (it is never in the labels), but
                 # keep its row defined instead of resize's random init
                 out_emb.weight[emb_id] = out_emb.weight[:n_existing].float().mean(dim=0).to(out_emb.weight.dtype)
@@ -259,6 +264,18 @@ class NoteEncoder(nn.Module):
         from notellm.generation import option_log_likelihoods
 
         return option_log_likelihoods(self, prompt, outs, reuse_prefix=reuse_prefix)
+
+
+def gathered(params: Sequence[torch.Tensor]):
+    """Full parameters for reading and writing them, rank 0's writes kept: DeepSpeed's
+    GatheredParameters for ZeRO-3-partitioned ones, a no-op for ordinary tensors."""
+    import contextlib
+
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=0)
 
 
 def weights_digest(model_dir: Path) -> str:

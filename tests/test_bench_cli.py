@@ -25,6 +25,7 @@ COMMANDS = [
     ("bench/bench_embed_incremental.py", [], "BenchIncrementalConfig", "notes"),
     ("bench/bench_training.py", [], "BenchTrainingConfig", "bf16_batch_pairs"),
     ("bench/bench_training_real.py", [], "BenchTrainingRealConfig", "pool_sample"),
+    ("bench/bench_training_memory.py", [], "BenchConfig", "configs"),
     ("bench/bench_sample.py", [], "BenchSampleConfig", "days"),
     ("bench/bench_cooccurrence.py", [], "BenchCooccurrenceConfig", "straightforward"),
     ("bench/bench_cooccurrence.py", ["child"], "ChildConfig", "engine"),

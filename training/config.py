@@ -45,8 +45,23 @@ class TrainConfig:
     r: float = option(0.4, help="share of training examples that use the category task (the rest: hashtags)")
     train_top_layers: int = option(0, help="0 = every weight (the paper); N = only the top N blocks, final norm "
                                            "and projection")
+    # memory levers: none changes the loss or its gradient, only what is kept in memory
+    gradient_checkpointing: bool = option(False, help="recompute each block's activations in the backward pass "
+                                                      "(activation memory per block ~ one hidden state)")
+    chunk_notes: int = option(0, help="GradCache: each rank embeds its notes in chunks of this many, first without "
+                                      "a graph, then re-runs each chunk with the cached loss gradient; 0 = the whole "
+                                      "local batch in one pass. The global in-batch batch no longer scales activation "
+                                      "memory")
+    lora_r: int = option(0, help="LoRA rank of adapters on the attention/MLP projections (RepLLaMA style; the [EMB] "
+                                 "row, final norm and projection train in full); 0 = train every weight (the paper)")
+    lora_alpha: float = option(64.0, help="LoRA scaling numerator: the update is (lora_alpha / lora_r) * B A")
+    lora_dropout: float = option(0.0, help="dropout on the LoRA input")
+    lora_target_modules: list[str] = option(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        help="module names (suffixes) that get adapters (comma list)")
     # optimisation
-    batch_pairs: int = option(16, help="B related pairs = 2B notes per global batch")
+    batch_pairs: int = option(16, help="B related pairs = 2B notes per global batch, over all ranks together "
+                                       "(each of W ranks holds B / W pairs; the negatives span all 2B notes)")
     lr: float = option(3e-5, help="peak learning rate (AdamW)")
     weight_decay: float = option(0.0, help="AdamW weight decay (not applied to norms, biases, tau)")
     warmup_steps: int = option(0, help="linear warm-up steps, then linear decay to 0")
@@ -87,6 +102,14 @@ class TrainConfig:
             problems.append("train_top_layers must be >= 0 (0 = train every layer)")
         if self.batch_pairs < 1:
             problems.append("batch_pairs must be >= 1")
+        if self.chunk_notes < 0:
+            problems.append("chunk_notes must be >= 0 (0 = no GradCache)")
+        if self.lora_r < 0 or (self.lora_r and self.lora_alpha <= 0):
+            problems.append("lora_r must be >= 0 and lora_alpha > 0")
+        if self.lora_r and self.train_top_layers:
+            problems.append("lora_r and train_top_layers are two ways to train part of the model: choose one")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            problems.append("lora_dropout must be in [0, 1)")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append("max_steps must be >= 1")
         if self.save_every < 1 or self.log_every < 1:
@@ -114,8 +137,24 @@ class EvaluateConfig:
     limit_pairs: int | None = option(None, help="evaluate only the first N test pairs")
     precision: str = option("auto", choices=PRECISIONS,
                             help="embedding precision (notellm.precision: auto = bf16 on GPU and on CPUs with "
-                                 "native bf16)")
+                                 "native bf16; on a GPU the models are loaded in that dtype)")
+    device: str = option("auto", help="where the models run: auto = cuda when available, else cpu; or cpu, cuda, "
+                                      "cuda:N")
+    pool_sample: int = option(0, help="evaluate on at most this many pool notes: every test pair's endpoints plus "
+                                      "a seeded random sample of the rest (Recall@K is then over that smaller "
+                                      "pool); 0 = the whole pool")
+    seed: int = option(0, help="seed of the pool sample and of the in-batch accuracy batches")
+    embeddings_root: str | None = option(None, help="embedding store root (<root>/embeddings): reuse the approved "
+                                                    "model's stored vectors of unchanged notes instead of "
+                                                    "embedding them again")
     out: str | None = option(None, help="write the full evaluation JSON here (the result line then summarises)")
+
+    def validate(self) -> None:
+        if self.pool_sample < 0:
+            raise ValueError(f"pool_sample must be >= 0 (0 = the whole pool), got {self.pool_sample}")
+        if self.device not in ("auto", "cpu", "cuda") and not (self.device.startswith("cuda:")
+                                                                and self.device[5:].isdigit()):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclasses.dataclass
@@ -170,23 +209,36 @@ def resolve_deepspeed_config(ds: dict, cfg: TrainConfig, world_size: int, use_bf
 
     We call ``deepspeed.initialize`` ourselves, and DeepSpeed itself does not
     understand "auto", so every "auto" must be resolved here:
-    micro batch = 2 * batch_pairs / world notes per rank, gradient accumulation
-    1 (GCL needs the whole batch in one step), clipping, bf16, and the ZeRO-3
-    bucket sizes (from the model hidden size, as the HF integration does).
+    notes per rank n = 2 * batch_pairs / world; without GradCache one micro batch
+    of n notes and gradient accumulation 1 (GCL needs the whole batch in one
+    step); with ``chunk_notes`` = c, micro batches of c notes and n / c
+    accumulation steps, which are GradCache's chunks of one optimizer step, not
+    separate batches. Then clipping, bf16, and the ZeRO-3 bucket sizes (from the
+    model hidden size, as the HF integration does).
     """
     ds = json.loads(json.dumps(ds))
+    if (2 * cfg.batch_pairs) % world_size:
+        raise ValueError(f"batch_pairs={cfg.batch_pairs}: the 2B = {2 * cfg.batch_pairs} notes of a global batch "
+                         f"do not split evenly over {world_size} ranks")
     notes_per_rank = 2 * cfg.batch_pairs // world_size
+    micro, chunks = notes_per_rank, 1
+    if cfg.chunk_notes and cfg.chunk_notes < notes_per_rank:
+        if notes_per_rank % cfg.chunk_notes:
+            raise ValueError(f"chunk_notes={cfg.chunk_notes} must divide the {notes_per_rank} notes each rank holds "
+                             f"(2 * batch_pairs / world size)")
+        micro, chunks = cfg.chunk_notes, notes_per_rank // cfg.chunk_notes
     resolved = {
-        "train_micro_batch_size_per_gpu": notes_per_rank,
+        "train_micro_batch_size_per_gpu": micro,
         "train_batch_size": notes_per_rank * world_size,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": chunks,
         "gradient_clipping": cfg.grad_clip,
     }
     for key, value in resolved.items():
         if ds.get(key, "auto") == "auto":
             ds[key] = value
-    if ds.get("gradient_accumulation_steps") != 1:
-        raise ValueError("gradient_accumulation_steps must be 1: the contrastive loss needs the whole batch at once")
+    if ds.get("gradient_accumulation_steps") != chunks:
+        raise ValueError(f"gradient_accumulation_steps must be {chunks} (GradCache chunks per step): the contrastive "
+                         "loss needs the whole batch in one optimizer step; set chunk_notes instead")
     ds.setdefault("bf16", {})
     if ds["bf16"].get("enabled", "auto") == "auto":
         ds["bf16"]["enabled"] = bool(use_bf16)

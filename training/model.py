@@ -19,7 +19,6 @@ import dataclasses
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from notellm.encoder import NoteEncoder
@@ -60,7 +59,34 @@ class NoteLLMTrainModel(nn.Module):
         self.tau = nn.Parameter(torch.tensor([float(tau_init)]))
         self.alpha = float(alpha)
 
-    def forward(self, input_ids, attention_mask, emb_index, labels) -> TrainOutput:
+    def forward(self, input_ids, attention_mask, emb_index, labels=None, emb_grad=None, tau_grad=None,
+                tokens_global=None):
+        """Three modes, all through the DeepSpeed engine (so ZeRO-3 gathers the weights):
+
+        * ``labels`` given, no ``emb_grad``: the whole loss of the local batch -> :class:`TrainOutput`;
+        * no ``labels``: GradCache step 1 -> ``(embeddings, tau)``, nothing to back-propagate;
+        * ``emb_grad`` given: GradCache step 3 on a chunk -> ``(surrogate, gen_share)``, see
+          ``training/gradcache.py`` (the surrogate's gradient is the chunk's share of dL/dtheta).
+        """
+        if labels is None:
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, emb_index=emb_index)
+            return out.embeddings, self.tau[0].detach().clone()
+        if emb_grad is not None:
+            return self._chunk_surrogate(input_ids, attention_mask, emb_index, labels, emb_grad, tau_grad,
+                                         tokens_global)
+        return self._whole_loss(input_ids, attention_mask, emb_index, labels)
+
+    def _chunk_surrogate(self, input_ids, attention_mask, emb_index, labels, emb_grad, tau_grad, tokens_global):
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, emb_index=emb_index, labels=labels)
+        n_tok = (labels[:, 1:] != -100).sum().to(torch.float32)
+        total_tokens = float(tokens_global)
+        gen_share = out.gen_loss.float() * n_tok / total_tokens if total_tokens > 0 else out.gen_loss.float() * 0.0
+        contrastive = (out.embeddings.float() * emb_grad.to(out.embeddings.device).float()).sum()
+        surrogate = world_size() * (contrastive + self.alpha / (1.0 + self.alpha) * gen_share)
+        surrogate = surrogate + (self.tau[0] * tau_grad.to(self.tau.device)[0].float())
+        return surrogate, gen_share.detach()
+
+    def _whole_loss(self, input_ids, attention_mask, emb_index, labels) -> TrainOutput:
         n_local = input_ids.shape[0]
         if n_local % 2:
             raise ValueError(f"local batch must hold whole pairs ([a; b] layout), got {n_local} rows")
@@ -121,7 +147,9 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or name == "tau" or "norm" in name.lower():
+        # a ZeRO-3 partition's data is flat (or empty): its shape is in ds_shape
+        ndim = len(getattr(param, "ds_shape", param.shape))
+        if ndim < 2 or name == "tau" or "norm" in name.lower():
             no_decay.append(param)
         else:
             decay.append(param)
@@ -133,5 +161,3 @@ def unwrap_encoder_state(state: dict) -> dict:
     prefix = "encoder."
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
-
-_ = F  # torch.nn.functional kept for callers that extend the loss

@@ -13,8 +13,6 @@ import json
 import logging
 import math
 import os
-import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,14 +22,22 @@ import torch
 from notellm import cli, precision
 from notellm.backbone import resolve_backbone
 from notellm.faults import fault_point
-from notellm.files import atomic_path, atomic_write_json, atomic_write_text
+from notellm.files import atomic_write_json, atomic_write_text
 from notellm.integrity import verify_sums, write_sums
 from notellm.metrics import in_batch_accuracy
 from notellm.schedule import linear_warmup_decay
 from training.config import TrainConfig, deepspeed_config_path, resolve_deepspeed_config, resolve_zero3_auto
 from training.data import batch_examples, load_training_pairs, local_examples
-from training.loss import gather_with_local_grad
-from training.model import NoteLLMTrainModel, parameter_groups, train_only_top_layers, unwrap_encoder_state
+from training.gradcache import RngStates, backward_chunks, cached_loss, chunk_rows, embed_without_graph
+from training.loss import combined_loss, gather_with_local_grad
+from training.model import (
+    NoteLLMTrainModel,
+    all_reduce_sum,
+    parameter_groups,
+    train_only_top_layers,
+    unwrap_encoder_state,
+)
+from training.run_files import LATEST, JsonlLog, latest_checkpoint, prune_checkpoints
 from training.sampler import UniqueNoteBatchSampler
 
 log = logging.getLogger(__name__)
@@ -45,70 +51,19 @@ def total_steps(cfg: TrainConfig, sampler: UniqueNoteBatchSampler) -> int:
     return max(1, steps)
 
 
-class JsonlLog:
-    """train_log.jsonl, truncated to the resumed step so a restart never duplicates rows.
-
-    A last line torn by a kill (no newline, or not JSON) is dropped; a damaged
-    line before it is an error naming the file and line."""
-
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
-        rows = []
-        if path.exists():
-            lines = path.read_text(errors="replace").split("\n")
-            torn = lines.pop()   # after the last newline: empty, or a torn write
-            if torn.strip():
-                log.warning("%s: dropping a torn last line (%d chars)", path, len(torn))
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    if number == len(lines):   # a complete-looking but cut last line
-                        log.warning("%s: dropping an unparseable last line", path)
-                        continue
-                    raise cli.BadInput(f"{path}: line {number} is not JSON; the training log is damaged") from None
-                if row["step"] <= resume_step:
-                    rows.append(line)
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(r + "\n" for r in rows))
-
-    def write(self, row: dict) -> None:
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
-
-    def rows(self) -> list[dict]:
-        return [json.loads(line) for line in self.path.read_text().splitlines()]
-
-
-LATEST = "latest"
-_TAG = re.compile(r"^step(\d+)$")
-
-
-def latest_checkpoint(ckpt_dir: Path) -> str | None:
-    """The tag ``latest`` names (None when there is none yet); refused unless it is ``step<N>``."""
-    path = Path(ckpt_dir) / LATEST
-    if not path.exists():
-        return None
-    tag = path.read_text(errors="replace").strip()
-    if not _TAG.match(tag):
-        raise cli.BadInput(f"{path}: names {tag[:80]!r}, not a checkpoint tag step<N>")
-    return tag
-
-
-def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
-    """Keep the newest ``keep`` tags and always the one ``latest`` names; remove the rest
-    (a tag newer than ``latest``, left by a save killed before it was listed, goes too)."""
-    live = latest_checkpoint(ckpt_dir)
-    tags = sorted((p for p in ckpt_dir.glob("step*") if p.is_dir() and _TAG.match(p.name)),
-                  key=lambda p: int(p.name[4:]))
-    live_step = int(live[4:]) if live else -1
-    unlisted = [p for p in tags if int(p.name[4:]) > live_step]
-    listed = [p for p in tags if int(p.name[4:]) <= live_step]
-    for old in unlisted + (listed[:-keep] if keep > 0 else []):
-        if old.name != live:
-            shutil.rmtree(old, ignore_errors=True)
+def materialised_parameters(module: torch.nn.Module) -> dict:
+    """Parameter elements this rank holds in memory vs the model's total. Under ZeRO-3 a
+    partitioned parameter keeps an empty ``data`` and its shard in ``ds_tensor``."""
+    held = total = whole = 0
+    for param in module.parameters():
+        if hasattr(param, "ds_tensor"):
+            total += int(param.ds_numel)
+            held += int(param.ds_tensor.numel()) + int(param.data.numel())
+        else:
+            total += param.numel()
+            held += param.numel()
+            whole += param.numel()
+    return {"held": held, "total": total, "unpartitioned": whole, "share": held / total if total else 0.0}
 
 
 class Trainer:
@@ -122,6 +77,8 @@ class Trainer:
         self.last_saved: int | None = None
         self.notes_done = self.tokens_done = 0
         self.wall_s = 0.0
+        # only part of the weights trains (LoRA or the top blocks): checkpoints hold that part
+        self.partial = bool(cfg.train_top_layers or cfg.lora_r)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -157,27 +114,65 @@ class Trainer:
         self.steps = total_steps(cfg, self.sampler)
 
     def _setup_model(self, deepspeed) -> None:
+        from transformers import AutoConfig
+
         from notellm.encoder import NoteEncoder
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        self.encoder = NoteEncoder.build(resolve_backbone(cfg.backbone), dim=cfg.dim,
-                                         template_version=cfg.template_version,
+        backbone = resolve_backbone(cfg.backbone)
+        ds = resolve_deepspeed_config(json.loads(deepspeed_config_path(cfg.deepspeed_config).read_text()),
+                                      cfg, self.world, self.use_bf16)
+        self.ds_config = resolve_zero3_auto(ds, AutoConfig.from_pretrained(backbone).hidden_size)
+        self.zero_stage = int(self.ds_config.get("zero_optimization", {}).get("stage", 0))
+        # Under ZeRO-3 the config object must be alive before from_pretrained: transformers then
+        # builds every layer inside deepspeed.zero.Init and loads the checkpoint shard by shard
+        # into the partitions, so no rank ever holds the whole model (7B: 28 GB fp32 per rank).
+        self._hf_ds_config = None
+        if self.zero_stage == 3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+        dtype = torch.bfloat16 if self.use_bf16 else torch.float32
+        self.encoder = NoteEncoder.build(backbone, dim=cfg.dim, template_version=cfg.template_version,
                                          max_title_tokens=cfg.max_title_tokens,
-                                         max_content_tokens=cfg.max_content_tokens, seed=cfg.seed)
+                                         max_content_tokens=cfg.max_content_tokens, dtype=dtype, seed=cfg.seed)
+        if cfg.gradient_checkpointing:
+            # non-reentrant: works with frozen inputs (LoRA, top layers) and ZeRO-3's parameter hooks
+            self.encoder.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lora_r:
+            from training.lora import apply_lora
+
+            counts = apply_lora(self.encoder, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules,
+                                seed=cfg.seed)
+            if self.rank == 0:
+                log.info("LoRA r=%d on %s: %d of %d parameters train", cfg.lora_r, ",".join(cfg.lora_target_modules),
+                         counts["trainable"], counts["total"])
         if cfg.train_top_layers:
             counts = train_only_top_layers(self.encoder, cfg.train_top_layers)
             if self.rank == 0:
                 log.info("training the top %d blocks only: %d of %d parameters", cfg.train_top_layers,
                          counts["trainable"], counts["total"])
+        if self.zero_stage == 3:
+            # transformers builds a resized embedding (the [EMB] row) outside zero.Init on purpose
+            # (vocab x hidden, ~2% of a 7B model, held whole for the row write); the projection and
+            # LoRA adapters are new too. Partition both now instead of at deepspeed.initialize.
+            built = materialised_parameters(self.encoder)
+            deepspeed.zero.Init(module=self.encoder, config_dict_or_path=self.ds_config)
+            self.load_report = {**materialised_parameters(self.encoder),
+                                "unpartitioned_after_build": built["unpartitioned"]}
+        else:
+            self.load_report = materialised_parameters(self.encoder)
+        if self.rank == 0:
+            log.info("model built (ZeRO stage %d, %s): %s", self.zero_stage, dtype, self.load_report)
         model = NoteLLMTrainModel(self.encoder, tau_init=cfg.tau_init, alpha=cfg.alpha)
-        optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
-                                      eps=1e-8)
+        groups = parameter_groups(model, cfg.weight_decay)
+        if cfg.lora_r:
+            from training.lora import without_decay_on_masked
+
+            groups = without_decay_on_masked(groups)   # decay would shrink the frozen embedding rows
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(cfg.warmup_steps, self.steps))
-        ds = resolve_deepspeed_config(json.loads(deepspeed_config_path(cfg.deepspeed_config).read_text()),
-                                      cfg, self.world, self.use_bf16)
-        self.ds_config = resolve_zero3_auto(ds, self.encoder.lm.config.hidden_size)
-        self.zero_stage = int(self.ds_config.get("zero_optimization", {}).get("stage", 0))
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=self.ds_config)
 
@@ -189,7 +184,7 @@ class Trainer:
         if tag is not None:
             verify_sums(self.ckpt_dir / tag)   # before DeepSpeed unpickles anything of it
             path, client = self.engine.load_checkpoint(str(self.ckpt_dir), tag=tag,
-                                                       load_module_strict=not cfg.train_top_layers)
+                                                       load_module_strict=not self.partial)
             if path is None:
                 raise RuntimeError(f"{self.ckpt_dir}: 'latest' exists but the checkpoint could not be loaded")
             self.start_step = self.last_saved = int(client["step"])
@@ -228,38 +223,82 @@ class Trainer:
     def step(self, step: int) -> dict:
         """One optimizer step on the global batch ``step``; returns its log row."""
         cfg, t0 = self.cfg, time.perf_counter()
-        examples = batch_examples(self.sampler.global_batch(step), self.pairs, self.notes, cfg.r, cfg.seed, step)
-        mine = local_examples(examples, self.rank, self.world)
-        encoded = [self.encoder.prompts.encode(e.note, task=e.task, hashtags_out=e.hashtags_out) for e in mine]
-        batch = {k: v.to(self.device) for k, v in self.encoder.collate(encoded, with_labels=True).items()}
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=self.cpu_autocast):
-            out = self.engine(**batch)
+        batch = {k: v.to(self.device) for k, v in self._local_batch(step).items()}
         lr_now = self.engine.get_lr()[0]  # the rate this step uses
-        # [tokens, non-finite losses] summed over ranks: every rank stops together, before the
-        # update, so no non-finite weights reach a checkpoint.
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=self.cpu_autocast):
+            if cfg.chunk_notes:
+                losses, emb_a, emb_b, n_tokens = self._chunked_update(batch, step)
+            else:
+                losses, emb_a, emb_b, n_tokens = self._whole_update(batch, step)
+        took = time.perf_counter() - t0
+        self.notes_done += 2 * cfg.batch_pairs
+        self.tokens_done += int(n_tokens)
+        row = {"step": step + 1, **losses, "lr": lr_now, "samples_per_s": 2 * cfg.batch_pairs / took,
+               "tokens_per_s": n_tokens / took, "step_s": took}
+        if step % cfg.log_every == 0 or step == self.steps - 1:
+            # in-batch retrieval accuracy of the global batch (collective on every rank)
+            a = gather_with_local_grad(emb_a).float().cpu().numpy()
+            b = gather_with_local_grad(emb_b).float().cpu().numpy()
+            row["in_batch_acc"] = in_batch_accuracy(a, b)
+        return row
+
+    def _whole_update(self, batch: dict, step: int) -> tuple[dict, torch.Tensor, torch.Tensor, float]:
+        """The local batch in one forward/backward (activations of all its notes alive at once)."""
+        out = self.engine(**batch)
+        losses = {"l_cl": out.l_cl.item(), "l_gen": out.l_gen.item(), "loss": out.total.item(),
+                  "tau": out.tau.item()}
+        n_tokens = self._stop_unless_finite(batch, out.total, losses, step)
+        self.engine.backward(out.loss)
+        self.engine.step()
+        return losses, out.emb_a, out.emb_b, n_tokens
+
+    def _chunked_update(self, batch: dict, step: int) -> tuple[dict, torch.Tensor, torch.Tensor, float]:
+        """GradCache (training/gradcache.py): chunks of ``chunk_notes`` notes, each a DeepSpeed
+        micro-step of one accumulated optimizer step (gradient_accumulation_steps = chunks)."""
+        model = self.engine.module
+        chunks = chunk_rows(batch["input_ids"].shape[0], self.cfg.chunk_notes)
+        rng = RngStates()
+        emb, tau = embed_without_graph(self.engine, batch, chunks, rng)
+        cache = cached_loss(emb, tau, model.alpha)
+        tokens_global = all_reduce_sum((batch["labels"][:, 1:] != -100).sum().to(torch.float32))
+        losses: dict = {"l_cl": cache.l_cl.item(), "tau": float(tau.float().item())}
+        n_tokens: list[float] = []
+
+        def check(gen_share_local: torch.Tensor) -> None:   # before the last micro-step's update
+            l_gen = all_reduce_sum(gen_share_local.to(self.device))
+            total = combined_loss(cache.l_cl, l_gen, model.alpha)
+            losses.update(l_gen=l_gen.item(), loss=total.item())
+            n_tokens.append(self._stop_unless_finite(batch, total, losses, step))
+
+        def backward(surrogate: torch.Tensor) -> None:
+            # the surrogate already carries the chunk's exact share: no 1/GA scaling
+            self.engine.backward(surrogate, scale_wrt_gas=False)
+            self.engine.step()   # an update only at the accumulation boundary (the last chunk)
+
+        backward_chunks(self.engine, backward, batch, chunks, cache, tokens_global, rng, before_last_backward=check)
+        half = emb.shape[0] // 2
+        return losses, emb[:half], emb[half:], n_tokens[0]
+
+    def _stop_unless_finite(self, batch: dict, total: torch.Tensor, losses: dict, step: int) -> float:
+        """[tokens, non-finite losses] summed over ranks: every rank stops together, before the
+        update, so no non-finite weights reach a checkpoint. Returns the global token count."""
         counts = torch.tensor([float(batch["attention_mask"].sum().item()),
-                               0.0 if math.isfinite(out.total.item()) else 1.0])
+                               0.0 if math.isfinite(total.item()) else 1.0], device=self.device)
         if self.world > 1:
             self.dist.all_reduce(counts)
         if counts[1].item() > 0:
-            raise cli.Diverged(f"non-finite loss at step {step + 1} (l_cl={out.l_cl.item()}, "
-                               f"l_gen={out.l_gen.item()}, tau={out.tau.item()}); the last checkpoint is kept",
+            raise cli.Diverged(f"non-finite loss at step {step + 1} (l_cl={losses.get('l_cl')}, "
+                               f"l_gen={losses.get('l_gen')}, tau={losses.get('tau')}); the last checkpoint is kept",
                                {"step": step + 1, "last_checkpoint_step": self.last_saved})
-        self.engine.backward(out.loss)
-        self.engine.step()
-        took = time.perf_counter() - t0
-        n_tokens = counts[0]
-        self.notes_done += 2 * cfg.batch_pairs
-        self.tokens_done += int(n_tokens.item())
-        row = {"step": step + 1, "l_cl": out.l_cl.item(), "l_gen": out.l_gen.item(), "loss": out.total.item(),
-               "tau": out.tau.item(), "lr": lr_now, "samples_per_s": 2 * cfg.batch_pairs / took,
-               "tokens_per_s": n_tokens.item() / took, "step_s": took}
-        if step % cfg.log_every == 0 or step == self.steps - 1:
-            # in-batch retrieval accuracy of the global batch (collective on every rank)
-            a = gather_with_local_grad(out.emb_a).float().cpu().numpy()
-            b = gather_with_local_grad(out.emb_b).float().cpu().numpy()
-            row["in_batch_acc"] = in_batch_accuracy(a, b)
-        return row
+        return float(counts[0].item())
+
+    def _local_batch(self, step: int) -> dict:
+        """This rank's collated rows of global batch ``step`` (CPU tensors, [a; b] layout)."""
+        cfg = self.cfg
+        examples = batch_examples(self.sampler.global_batch(step), self.pairs, self.notes, cfg.r, cfg.seed, step)
+        mine = local_examples(examples, self.rank, self.world)
+        encoded = [self.encoder.prompts.encode(e.note, task=e.task, hashtags_out=e.hashtags_out) for e in mine]
+        return self.encoder.collate(encoded, with_labels=True)
 
     def _record(self, row: dict, step: int, bar) -> None:
         self.train_log.write(row)
@@ -280,7 +319,7 @@ class Trainer:
         # DeepSpeed's own 'latest' is a plain write; ours moves only once every rank's files are
         # durable and listed in the tag's SHA256SUMS.json, then by an atomic replace.
         self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=client, save_latest=False,
-                                    exclude_frozen_parameters=bool(cfg.train_top_layers))
+                                    exclude_frozen_parameters=self.partial)
         if self.world > 1:
             self.dist.barrier()
         if self.rank == 0:
@@ -306,7 +345,12 @@ class Trainer:
         if self.rank == 0:
             tau = float(full_state["tau"])
             categories = sorted({n["category"] for n in self.notes.values()})
-            self.encoder.save(self.out_dir / "model", state_dict=unwrap_encoder_state(full_state), tau=tau,
+            state = unwrap_encoder_state(full_state)
+            if cfg.lora_r:   # indexing loads a plain model directory: W + (alpha / r) B A
+                from training.lora import merge_lora_state_dict
+
+                state = merge_lora_state_dict(state, cfg.lora_alpha / cfg.lora_r)
+            self.encoder.save(self.out_dir / "model", state_dict=state, tau=tau,
                               data_window={"start": self.report.window_start, "end": self.report.window_end},
                               extra={"seed": cfg.seed, "categories": categories, "train_steps": self.steps,
                                      "pairs": str(cfg.pairs), "r": cfg.r, "alpha": cfg.alpha,
@@ -315,6 +359,8 @@ class Trainer:
             metrics = {
                 "steps": self.steps, "resumed_from_step": self.start_step, "world_size": self.world,
                 "zero_stage": self.zero_stage, "bf16": self.use_bf16, "cpu_autocast_bf16": self.cpu_autocast,
+                "params_held_at_load": self.load_report, "chunk_notes": cfg.chunk_notes,
+                "gradient_checkpointing": cfg.gradient_checkpointing, "lora_r": cfg.lora_r,
                 "first": rows[0] if rows else None, "last": rows[-1] if rows else None,
                 "wall_s_this_run": wall,
                 "samples_per_s_this_run": self.notes_done / wall if wall > 0 else None,
