@@ -16,14 +16,15 @@ before older segments are deleted, so a reader that starts at the latest base
 never sees a half-written or half-compacted bucket. ``_SUCCESS`` means every
 bucket matched the notes of the run that finalised it; a run removes it before
 its first write.
+
+The read side of the contract (``_store.json``, listing and folding segments, the finalised
+check) is :mod:`notellm.embedding_store`, shared with training's evaluation; it is re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -32,71 +33,36 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from indexing.buckets import HASH_NAME, auto_num_buckets, bucket_of
-from notellm.contracts import (
-    STATS_FILE,
-    SUCCESS_MARKER,
-    ContractError,
-    embeddings_contract,
-    mark_success,
-    read_table,
-    validate_table,
+from indexing.buckets import auto_num_buckets, bucket_of
+from notellm.contracts import ContractError, embeddings_contract, mark_success, validate_table
+from notellm.embedding_store import (  # the read side of the contract, shared with training's evaluation
+    FORMAT_VERSION,
+    KEY_COLUMNS,
+    STORE_FILE,
+    SUCCESS,
+    Segment,
+    StoreInfo,
+    check_unchanged,
+    fold,
+    list_segments,
+    live_segments,
+    read_finalized,
+    read_store_info,
+    vectors_of,
 )
 from notellm.faults import fault_point
 from notellm.files import atomic_path, atomic_write_json
 from notellm.locking import temp_owner, temp_owner_gone
 
-FORMAT_VERSION = 2
-STORE_FILE = "_store.json"
+__all__ = ["FORMAT_VERSION", "KEY_COLUMNS", "RUN_FILE", "STORE_FILE", "SUCCESS", "Segment", "StoreInfo",
+           "StoreSource", "clean_bucket", "create_or_check_store", "finalize", "fold", "full_run_floor",
+           "list_segments", "live_segments", "open_store", "read_store_info", "segment_path", "segment_table",
+           "start_or_resume_full_run", "vectors_of", "write_segment"]
+
 RUN_FILE = "_run.json"
-SUCCESS = SUCCESS_MARKER
-KEY_COLUMNS = ["note_id", "text_sha256", "model_id", "deleted"]
-_SEGMENT = re.compile(r"^(\d{6})-(base|delta)\.parquet$")
 
 
 # ---------------------------------------------------------------- the manifest
-
-
-@dataclasses.dataclass(frozen=True)
-class StoreInfo:
-    """What ``_store.json`` records about a store, plus where it is."""
-
-    model_dir: Path
-    model_id: str
-    dim: int
-    num_buckets: int
-    hash: str = HASH_NAME
-
-    def bucket_dir(self, b: int) -> Path:
-        return self.model_dir / f"b{b:05d}"
-
-    def as_json(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "num_buckets": self.num_buckets, "hash": self.hash,
-                "dim": self.dim, "model_id": self.model_id}
-
-
-def read_store_info(model_dir: str | os.PathLike) -> StoreInfo:
-    """``_store.json`` of a store, validated; ContractError naming the file otherwise."""
-    model_dir = Path(model_dir)
-    path = model_dir / STORE_FILE
-    if not path.exists():
-        old = any(model_dir.glob("shard-*.parquet"))
-        raise ContractError(str(path), None, "missing: " + ("an old-format store (shard-*.parquet); rebuild it with "
-                                                            "`embed --no-incremental` into a new --emb-root"
-                                                            if old else "no embedding store here (run embed)"))
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ContractError(str(path), None, f"not JSON: {exc}") from exc
-    for key, tp in (("format_version", int), ("num_buckets", int), ("hash", str), ("dim", int), ("model_id", str)):
-        if not isinstance(meta.get(key), tp) or isinstance(meta.get(key), bool):
-            raise ContractError(str(path), key, f"expected {tp.__name__}, found {meta.get(key)!r}")
-    if meta["format_version"] != FORMAT_VERSION:
-        raise ContractError(str(path), "format_version", f"unsupported version {meta['format_version']} "
-                                                         f"(this code reads {FORMAT_VERSION})")
-    if meta["hash"] != HASH_NAME:
-        raise ContractError(str(path), "hash", f"unknown bucket hash {meta['hash']!r} (expected {HASH_NAME!r})")
-    return StoreInfo(model_dir, meta["model_id"], meta["dim"], meta["num_buckets"], meta["hash"])
 
 
 def create_or_check_store(model_dir: Path, model_id: str, dim: int, num_buckets: int | str,
@@ -128,34 +94,8 @@ def create_or_check_store(model_dir: Path, model_id: str, dim: int, num_buckets:
 # ---------------------------------------------------------------- segments
 
 
-@dataclasses.dataclass(frozen=True)
-class Segment:
-    seq: int
-    kind: str        # "base" | "delta"
-    path: Path
-
-    @property
-    def rows(self) -> int:
-        return pq.read_metadata(self.path).num_rows
-
-
 def segment_path(info: StoreInfo, b: int, seq: int, kind: str) -> Path:
     return info.bucket_dir(b) / f"{seq:06d}-{kind}.parquet"
-
-
-def list_segments(info: StoreInfo, b: int) -> list[Segment]:
-    """Every segment of bucket ``b`` in seq order (temporary files are not segments)."""
-    d = info.bucket_dir(b)
-    if not d.is_dir():
-        return []
-    out = [Segment(int(m.group(1)), m.group(2), d / name) for name in os.listdir(d) if (m := _SEGMENT.match(name))]
-    return sorted(out, key=lambda s: s.seq)
-
-
-def live_segments(segments: list[Segment]) -> list[Segment]:
-    """The latest base and the deltas after it (deltas before any base are a bucket's whole log)."""
-    bases = [i for i, s in enumerate(segments) if s.kind == "base"]
-    return segments[bases[-1]:] if bases else segments
 
 
 def clean_bucket(info: StoreInfo, b: int) -> None:
@@ -170,35 +110,6 @@ def clean_bucket(info: StoreInfo, b: int) -> None:
         for name in os.listdir(d):
             if name.startswith(".") and temp_owner(name) and temp_owner_gone(d / name):
                 (d / name).unlink(missing_ok=True)
-
-
-def fold(info: StoreInfo, segments: list[Segment], vectors: bool = False) -> pa.Table:
-    """A bucket's state from its live segments: one row per stored note, sorted by note_id, tombstones
-    applied. Columns note_id, text_sha256, model_id (+ vector with ``vectors``)."""
-    cols = KEY_COLUMNS + (["vector"] if vectors else [])
-    contract = embeddings_contract(info.dim)
-    tables = [read_table(s.path, contract, columns=cols) for s in segments]
-    out = cols[:3] + (["vector"] if vectors else [])
-    if not tables:
-        return contract.arrow_schema.empty_table().select(out)
-    if len(tables) == 1 and segments[0].kind == "base":
-        return tables[0].select(out)                      # a base is sorted and has no tombstones
-    t = pa.concat_tables(tables).combine_chunks()
-    t = t.append_column("_k", pa.array(np.arange(t.num_rows, dtype=np.int64)))
-    t = t.take(pc.sort_indices(t, [("note_id", "ascending"), ("_k", "descending")]))
-    ids = t.column("note_id").combine_chunks()
-    first = np.ones(t.num_rows, dtype=bool)
-    if t.num_rows > 1:
-        first[1:] = ~pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1)).to_numpy(zero_copy_only=False)
-    keep = np.logical_and(first, ~t.column("deleted").to_numpy())
-    return t.filter(pa.array(keep)).select(out)
-
-
-def vectors_of(table: pa.Table) -> np.ndarray:
-    """The fixed-size-list ``vector`` column as a float32 (n, d) array."""
-    col = table.column("vector").combine_chunks()
-    d = col.type.list_size
-    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, d)
 
 
 def segment_table(note_ids: Sequence[str] | pa.Array, vectors: np.ndarray, model_id: str,
@@ -280,23 +191,19 @@ class StoreSource:
     """A finalised store as an :class:`indexing.source.VectorSource`: batches in canonical order
     (bucket 0..B-1, note_id ascending within a bucket), memory about one bucket."""
 
-    def __init__(self, info: StoreInfo, stats: dict):
+    def __init__(self, info: StoreInfo, stats_bytes: bytes):
         self.info = info
-        self.num_vectors: int = int(stats["vectors"])
+        self.num_vectors: int = int(json.loads(stats_bytes)["vectors"])
         self.dim: int = info.dim
         self.model_id: str = info.model_id
         self.num_buckets: int = info.num_buckets
-        self._stats_bytes = (info.model_dir / STATS_FILE).read_bytes()
+        self._stats_bytes = stats_bytes
 
     def _bucket(self, b: int) -> pa.Table:
         return fold(self.info, live_segments(list_segments(self.info, b)), vectors=True)
 
     def _check_unchanged(self) -> None:
-        d = self.info.model_dir
-        stats = d / STATS_FILE
-        if not (d / SUCCESS).exists() or not stats.exists() or stats.read_bytes() != self._stats_bytes:
-            raise ContractError(str(d), None, "the store changed while it was read (an embed run started); "
-                                              "open it again once that run has finished")
+        check_unchanged(self.info, self._stats_bytes)
 
     def batches(self, rows: int = 65_536) -> Iterator[tuple[pa.Array, np.ndarray]]:
         carry: pa.Table | None = None        # rows of earlier buckets not yet handed out (< rows)
@@ -342,21 +249,6 @@ class StoreSource:
 
 
 def open_store(emb_root: str | os.PathLike, model_id: str, dim: int | None = None) -> StoreSource:
-    """The finalised store of ``model_id``; ContractError when it is not finalised or does not match."""
-    model_dir = Path(emb_root) / model_id
-    if not (model_dir / SUCCESS).exists():
-        raise ContractError(str(model_dir), None, "embedding store not finalised (no _SUCCESS): run "
-                                                  "`python -m indexing.cli embed` first, or it is being written")
-    info = read_store_info(model_dir)
-    if info.model_id != model_id:
-        raise ContractError(str(model_dir / STORE_FILE), "model_id", f"store of {info.model_id}, asked {model_id}")
-    if dim is not None and info.dim != dim:
-        raise ContractError(str(model_dir / STORE_FILE), "dim", f"store of dimension {info.dim}, asked {dim}")
-    try:
-        stats = json.loads((model_dir / STATS_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError) as exc:
-        raise ContractError(str(model_dir / STATS_FILE), None, f"unreadable: {exc}") from exc
-    if not isinstance(stats.get("vectors"), int) or stats.get("num_buckets") != info.num_buckets:
-        raise ContractError(str(model_dir / STATS_FILE), "vectors", "no vector count for this store's buckets")
-    return StoreSource(info, stats)
-
+    """The finalised store of ``model_id``; ContractError when it is not finalised or does not match
+    (:func:`notellm.embedding_store.read_finalized`)."""
+    return StoreSource(*read_finalized(emb_root, model_id, dim))
