@@ -150,6 +150,41 @@ def python() -> str:
     return os.environ.get("NOTELLM_PYTHON", sys.executable)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def torchrun_launcher(python: str, nodes: int, gpus_per_node: int, rdzv_id: str, rdzv_endpoint: str = "",
+                      port: int = 29400) -> list[str]:
+    """``torchrun`` (the stage interpreter's ``python -m torch.distributed.run``) of ``nodes`` x
+    ``gpus_per_node`` ranks over a c10d rendezvous; append ``-m <module> ...``. The task runs it on
+    its own worker; with ``nodes`` > 1 every other node must run the very same command (same
+    ``--rdzv-id`` and ``--rdzv-endpoint``), and the endpoint must be a host:port they all reach.
+    c10d's store is hosted by the agent on the endpoint's host, so an empty ``rdzv_endpoint`` means
+    this worker: 127.0.0.1 and a free port for one node, its FQDN and ``port`` for several.
+    ValueError for a setting that cannot launch (no retry helps)."""
+    import socket
+
+    if nodes < 1 or gpus_per_node < 1:
+        raise ValueError(f"torchrun needs nodes >= 1 and gpus_per_node >= 1, got {nodes} x {gpus_per_node}")
+    given = rdzv_endpoint
+    if not rdzv_endpoint:
+        if nodes == 1:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        rdzv_endpoint = f"{'127.0.0.1' if nodes == 1 else socket.getfqdn()}:{port}"
+    host, _, port_text = rdzv_endpoint.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"rdzv_endpoint {rdzv_endpoint!r}: expected host:port")
+    if nodes > 1 and host in LOOPBACK:
+        where = "" if given else " (this worker's FQDN)"
+        raise ValueError(f"rdzv_endpoint {rdzv_endpoint!r}{where} with {nodes} "
+                         "nodes: the other nodes cannot reach a loopback address; set rdzv_endpoint to this "
+                         "worker's host:port as the other nodes reach it")
+    return [python, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node", str(gpus_per_node),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", rdzv_id]
+
+
 class StageFailed(RuntimeError):
     """A stage command failed; the message carries its exit code and output tail."""
 

@@ -181,3 +181,110 @@ def test_pair_mining_passes_only_settings_the_job_has():
     cfg = config.from_namespace(CooccurrenceConfig, parser.parse_args(rendered))
     assert str(cfg.events) == "/data/notellm/events" and str(cfg.out) == "/data/notellm/pairs"
     assert all(getattr(cfg, name) == value for name, value in dag_file.JOB.items() if name in dag_file.SCORE_PARAMS)
+
+
+def _retraining():
+    sys.path.insert(0, str(DAGS))
+    try:
+        import notellm_retraining as dag_file
+    finally:
+        sys.path.remove(str(DAGS))
+    return dag_file
+
+
+def _train_params(**kw) -> dict:
+    """The retraining DAG's Param defaults, with ``kw`` on top (what a trigger's conf gives)."""
+    dag_file = _retraining()
+    params = dag_file.notellm_retraining().params
+    return {**{k: params.get_param(k).value for k in params.keys()}, **kw}
+
+
+def test_retraining_params_are_nodes_times_gpus_and_a_global_batch():
+    dag_file = _retraining()
+    params = dag_file.notellm_retraining().params
+    assert "num_gpus" not in params and {"nodes", "gpus_per_node", "rdzv_endpoint", "eval_pool_sample"} <= set(params)
+    assert {"nodes", "gpus_per_node", "batch_pairs"} <= set(dag_file.RUN_KEYS)
+    text = params.get_param("batch_pairs").description
+    assert "global batch" in text and "all ranks" in text and "divisible by nodes x gpus_per_node" in text
+    assert "per gpu" not in text.lower() and "per-gpu" not in text.lower()
+    assert params.get_param("gpus_per_node").value == 0 and params.get_param("nodes").value == 1
+    assert params.get_param("eval_pool_sample").value == dag_file.EVAL_POOL_SAMPLE > 0
+
+
+def test_cpu_default_is_one_plain_process(tmp_path):
+    dag_file = _retraining()
+    cmd = dag_file.train_command("/py", _train_params(), "/p/train_pairs", tmp_path / "notes", tmp_path / "run")
+    assert cmd[:3] == ["/py", "-m", "training.train"] and "torch.distributed.run" not in cmd
+
+
+def test_two_nodes_of_eight_gpus_launch_torchrun_with_a_c10d_rendezvous(tmp_path):
+    import argparse
+
+    from notellm import config
+    from training.config import TrainConfig
+
+    dag_file = _retraining()
+    params = _train_params(nodes=2, gpus_per_node=8, batch_pairs=64, rdzv_endpoint="gpu-node-0.example:29518")
+    run_dir = dag_file.run_dir_of(tmp_path / "models", "2026-11-24", params)
+    cmd = dag_file.train_command("/py", params, "/p/train_pairs", tmp_path / "notes", run_dir)
+    assert cmd[:14] == ["/py", "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "8",
+                        "--rdzv-backend", "c10d", "--rdzv-endpoint", "gpu-node-0.example:29518",
+                        "--rdzv-id", run_dir.name, "-m"]
+    assert cmd[14] == "training.train" and run_dir.name.startswith("2026-11-24-")
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, TrainConfig)
+    cfg = config.from_namespace(TrainConfig, parser.parse_args(cmd[15:]))
+    assert cfg.batch_pairs == 64 and cfg.output_dir == str(run_dir)
+    # The run folder (and so the checkpoints a retry resumes) depends on the world size, not on the host.
+    assert run_dir == dag_file.run_dir_of(tmp_path / "models", "2026-11-24", {**params, "rdzv_endpoint": "x:1"})
+    assert run_dir != dag_file.run_dir_of(tmp_path / "models", "2026-11-24", {**params, "nodes": 1})
+    # What the other node runs: the same argv, written beside the run.
+    launch = json.loads(dag_file.write_launch(run_dir, cmd, params).read_text())
+    assert launch["argv"] == cmd and launch["world_size"] == 16 and launch["rdzv_id"] == run_dir.name
+
+
+@pytest.mark.parametrize("kw, problem", [
+    ({"nodes": 2, "gpus_per_node": 8, "batch_pairs": 24}, "must be divisible"),     # 24 pairs over 16 ranks
+    ({"nodes": 1, "gpus_per_node": 8, "batch_pairs": 12}, "must be divisible"),
+    ({"nodes": 2, "gpus_per_node": 0}, "CPU run is one process"),
+    ({"nodes": 2, "gpus_per_node": 8, "batch_pairs": 64, "rdzv_endpoint": "127.0.0.1:29518"}, "loopback"),
+    ({"nodes": 2, "gpus_per_node": 8, "batch_pairs": 64, "rdzv_endpoint": "gpu-node-0"}, "host:port"),
+])
+def test_params_that_cannot_launch_are_refused(tmp_path, kw, problem):
+    dag_file = _retraining()
+    with pytest.raises(ValueError, match=problem):
+        dag_file.train_command("/py", _train_params(**kw), "/p/train_pairs", tmp_path / "notes", tmp_path / "run")
+
+
+def test_default_rendezvous_is_this_worker(tmp_path, monkeypatch):
+    import socket
+
+    dag_file = _retraining()
+    one = dag_file.train_command("/py", _train_params(gpus_per_node=2), "/p", tmp_path / "n", tmp_path / "run")
+    host, port = one[one.index("--rdzv-endpoint") + 1].split(":")
+    assert host == "127.0.0.1" and int(port) > 0
+    monkeypatch.setattr(socket, "getfqdn", lambda: "worker-7.example")
+    two = dag_file.train_command("/py", _train_params(nodes=2, gpus_per_node=2), "/p", tmp_path / "n",
+                                 tmp_path / "run")
+    assert two[two.index("--rdzv-endpoint") + 1] == f"worker-7.example:{dag_file.RDZV_PORT}"
+    monkeypatch.setattr(socket, "getfqdn", lambda: "localhost")   # a worker without a resolvable name
+    with pytest.raises(ValueError, match="this worker.s FQDN.*set rdzv_endpoint"):
+        dag_file.train_command("/py", _train_params(nodes=2, gpus_per_node=2), "/p", tmp_path / "n", tmp_path / "r")
+
+
+def test_evaluate_arguments_parse_with_the_evaluate_parser(tmp_path):
+    import argparse
+
+    from notellm import config
+    from training.config import EvaluateConfig
+
+    dag_file = _retraining()
+    p = {"notes": tmp_path / "notes", "models": tmp_path / "models", "embeddings": tmp_path / "embeddings"}
+    split = {"test_pairs": "/s/test_pairs", "pool": "/s/pool"}
+    cmd = dag_file.evaluate_command("/py", _train_params(), "/m/model", split, p, "/m/eval.json")
+    assert cmd[:3] == ["/py", "-m", "training.evaluate"]
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, EvaluateConfig)
+    cfg = config.from_namespace(EvaluateConfig, parser.parse_args(cmd[3:]))
+    assert cfg.embeddings_root == str(tmp_path / "embeddings") and cfg.approved_root == str(tmp_path / "models")
+    assert cfg.pool_sample == dag_file.EVAL_POOL_SAMPLE and cfg.backbone_baseline and cfg.device == "auto"
