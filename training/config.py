@@ -1,6 +1,6 @@
 """Configuration of the training commands: one dataclass per command (the help
 of every setting lives here), read from flags, JSON/YAML and ``--set key=value``
-by :mod:`notellm.config`: TrainConfig (training.train), EvaluateConfig
+by :mod:`notellm.config`: TrainConfig (training.train), PrepareConfig (training.prepare), EvaluateConfig
 (training.evaluate), RegisterConfig (training.register), GenerateConfig
 (training.generate).
 
@@ -78,6 +78,11 @@ class TrainConfig:
     keep_checkpoints: int = option(2, help="checkpoints kept (older ones are pruned)")
     log_every: int = option(10, help="log line and in-batch accuracy every N steps")
     progress_bar: str | bool = option("auto", help="tqdm bar: auto = when stderr is a terminal; true / false")
+    prepared_dir: str | None = option(None, help="a folder written by python -m training.prepare for these pairs, "
+                                                 "notes, batch_pairs and seed (read only; refused when it differs); "
+                                                 "none = rank 0 prepares <output_dir>/prepared (reused when equal)")
+    dataloader_workers: int = option(2, help="DataLoader worker processes per rank that read and tokenise the "
+                                             "next batches (0 = in the training process)")
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] | None = None) -> "TrainConfig":
@@ -119,6 +124,29 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+    """Prepare training data once for every rank: cleaned pairs as note indices, the used notes
+    (Arrow IPC), one unique-note batch plan per epoch, memory-mapped by the trainer."""
+
+    pairs: str = option(help="a PAIRS partition dir <pairs_root>/dt=YYYY-MM-DD (needs _SUCCESS)")
+    notes: str = option(help="NOTES file or its root (<root>/notes/notes.parquet)")
+    out: str = option(help="the prepared folder (reused when made from the same inputs and settings, else rebuilt)")
+    batch_pairs: int = option(16, help="B related pairs per global batch (the trainer's batch_pairs)")
+    seed: int = option(0, help="seed of the batch plans (the trainer's seed)")
+    epochs: float = option(1.0, help="plans for ceil(epochs) epochs (the trainer's epochs)")
+    max_steps: int | None = option(None, help="plans for as many epochs as these steps reach; wins over epochs")
+    max_missing_fraction: float = option(0.05, help="refuse the data when more pairs than this reference unknown notes")
+
+    def validate(self) -> None:
+        if self.batch_pairs < 1:
+            raise ValueError("batch_pairs must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1")
+        if self.epochs <= 0:
+            raise ValueError(f"epochs={self.epochs} must be > 0")
 
 
 @dataclasses.dataclass

@@ -27,7 +27,6 @@ from notellm.integrity import verify_sums, write_sums
 from notellm.metrics import in_batch_accuracy
 from notellm.schedule import linear_warmup_decay
 from training.config import TrainConfig, deepspeed_config_path, resolve_deepspeed_config, resolve_zero3_auto
-from training.data import batch_examples, load_training_pairs, local_examples
 from training.gradcache import RngStates, backward_chunks, cached_loss, chunk_rows, embed_without_graph
 from training.loss import combined_loss, gather_with_local_grad
 from training.model import (
@@ -37,17 +36,18 @@ from training.model import (
     train_only_top_layers,
     unwrap_encoder_state,
 )
+from training.prepared import PreparedData, open_for_training
 from training.run_files import LATEST, JsonlLog, latest_checkpoint, prune_checkpoints
-from training.sampler import UniqueNoteBatchSampler
 
 log = logging.getLogger(__name__)
 
-def total_steps(cfg: TrainConfig, sampler: UniqueNoteBatchSampler) -> int:
+def total_steps(cfg: TrainConfig, data: PreparedData) -> int:
     if cfg.max_steps is not None:
         return int(cfg.max_steps)
     whole = int(math.floor(cfg.epochs))
-    steps = sum(sampler.steps_per_epoch(e) for e in range(whole))
-    steps += int(round((cfg.epochs - whole) * sampler.steps_per_epoch(whole)))
+    steps = sum(data.steps_per_epoch(e) for e in range(whole))
+    if cfg.epochs > whole:   # the next epoch's plan only when a fraction of it runs
+        steps += int(round((cfg.epochs - whole) * data.steps_per_epoch(whole)))
     return max(1, steps)
 
 
@@ -105,13 +105,18 @@ class Trainer:
             {True: "bf16", False: "fp32", "auto": "auto"}[cfg.cpu_autocast_bf16], "cpu")
 
     def _setup_data(self) -> None:
+        """The prepared data, memory-mapped (training/prepare.py: rank 0 prepares <output_dir>/prepared,
+        or reuses it, while the other ranks wait; ``prepared_dir`` is only read)."""
         cfg = self.cfg
-        self.pairs, self.notes, self.report = load_training_pairs(cfg.pairs, cfg.notes, cfg.max_missing_fraction)
+        if cfg.batch_pairs % self.world:
+            raise ValueError(f"batch_pairs={cfg.batch_pairs} must be divisible by the world size {self.world}")
+        self.data = open_for_training(cfg, self.out_dir, self.rank, self.world, self.dist)
+        self.report = self.data.report
         if self.rank == 0:
             log.info("data: %s", self.report.summary())
             atomic_write_json(self.out_dir / "data_report.json", self.report.__dict__)
-        self.sampler = UniqueNoteBatchSampler(self.pairs, cfg.batch_pairs, cfg.seed, self.world, self.rank)
-        self.steps = total_steps(cfg, self.sampler)
+        self.steps = total_steps(cfg, self.data)
+        self._batches = None   # the BatchStream, built once the encoder's prompts exist
 
     def _setup_model(self, deepspeed) -> None:
         from transformers import AutoConfig
@@ -188,10 +193,12 @@ class Trainer:
             if path is None:
                 raise RuntimeError(f"{self.ckpt_dir}: 'latest' exists but the checkpoint could not be loaded")
             self.start_step = self.last_saved = int(client["step"])
-            expected = list(self.sampler.position(self.start_step))
-            if client.get("sampler", {}).get("next_position") != expected:
-                raise RuntimeError(f"{self.ckpt_dir}: sampler position {client.get('sampler')} does not match the "
-                                   f"data ({expected}); the pairs or batch size changed since the checkpoint")
+            expected = list(self.data.position(self.start_step))
+            saved = client.get("sampler", {})
+            if saved.get("next_position") != expected or saved.get("data", self.data.digest) != self.data.digest:
+                raise RuntimeError(f"{self.ckpt_dir}: sampler position {saved} does not match the data "
+                                   f"({expected}, {self.data.digest}); the pairs or batch size changed since the "
+                                   "checkpoint")
             if self.rank == 0:
                 log.info("resumed from %s at step %d", path, self.start_step)
         if self.rank == 0:
@@ -293,12 +300,16 @@ class Trainer:
         return float(counts[0].item())
 
     def _local_batch(self, step: int) -> dict:
-        """This rank's collated rows of global batch ``step`` (CPU tensors, [a; b] layout)."""
-        cfg = self.cfg
-        examples = batch_examples(self.sampler.global_batch(step), self.pairs, self.notes, cfg.r, cfg.seed, step)
-        mine = local_examples(examples, self.rank, self.world)
-        encoded = [self.encoder.prompts.encode(e.note, task=e.task, hashtags_out=e.hashtags_out) for e in mine]
-        return self.encoder.collate(encoded, with_labels=True)
+        """This rank's collated rows of global batch ``step`` (CPU tensors, [a; b] layout), read and
+        tokenised ahead by ``dataloader_workers`` processes while steps come in order."""
+        if self._batches is None:
+            from training.batches import BatchStream, StepBatches
+
+            cfg = self.cfg
+            dataset = StepBatches(self.data, self.encoder.prompts, self.encoder.tokenizer.pad_token_id, cfg.r,
+                                  cfg.seed, self.rank, self.world, self.steps)
+            self._batches = BatchStream(dataset, cfg.dataloader_workers)
+        return self._batches.get(step)
 
     def _record(self, row: dict, step: int, bar) -> None:
         self.train_log.write(row)
@@ -312,8 +323,8 @@ class Trainer:
 
     def save_checkpoint(self, done: int) -> None:
         cfg = self.cfg
-        client = {"step": done, "sampler": {"seed": cfg.seed, "batch_pairs": cfg.batch_pairs,
-                                            "next_position": list(self.sampler.position(done))}}
+        client = {"step": done, "sampler": {"seed": cfg.seed, "batch_pairs": cfg.batch_pairs, "data": self.data.digest,
+                                            "next_position": list(self.data.position(done))}}
         # Frozen weights are the backbone's own: a resume rebuilds them, so only what trains is saved.
         tag = f"step{done}"
         # DeepSpeed's own 'latest' is a plain write; ours moves only once every rank's files are
@@ -344,7 +355,7 @@ class Trainer:
         metrics: dict = {}
         if self.rank == 0:
             tau = float(full_state["tau"])
-            categories = sorted({n["category"] for n in self.notes.values()})
+            categories = self.data.categories
             state = unwrap_encoder_state(full_state)
             if cfg.lora_r:   # indexing loads a plain model directory: W + (alpha / r) B A
                 from training.lora import merge_lora_state_dict
