@@ -61,5 +61,16 @@ report: install backbone
 spark-cds: install
 	$(PY) -m jobs.spark_cds --out var/spark-cds/driver.jsa
 
+# The GPU quality run (issue 18; docs/operations.md, "The GPU quality run"). gpu-bundle prepares here
+# what a GPU host without network needs (the data stages, Spark once; the SmolLM2 GGUF; MiniLM as fp16;
+# cp312 wheels) as parts of <= 56 MiB under var/gpu-bundle/; gpu-run prints the device-tool calls that
+# carry one part each and run scripts/gpu_run.sh there. GPU_BUNDLE_ARGS e.g. "--part-mib 50".
+.PHONY: gpu-bundle gpu-run
+gpu-bundle: install
+	$(PY) -m evaluation.gpu_bundle $(GPU_BUNDLE_ARGS)
+
+gpu-run: install
+	$(PY) -m evaluation.gpu_run calls $(GPU_RUN_ARGS)
+
 clean:
 	rm -rf var .pytest_cache
