@@ -26,6 +26,7 @@ COMMANDS = [
     ("bench/bench_training.py", [], "BenchTrainingConfig", "bf16_batch_pairs"),
     ("bench/bench_training_real.py", [], "BenchTrainingRealConfig", "pool_sample"),
     ("bench/bench_training_memory.py", [], "BenchConfig", "configs"),
+    ("bench/bench_epoch_plan.py", [], "BenchEpochPlanConfig", "pairs_per_note"),
     ("bench/bench_sample.py", [], "BenchSampleConfig", "days"),
     ("bench/bench_cooccurrence.py", [], "BenchCooccurrenceConfig", "straightforward"),
     ("bench/bench_cooccurrence.py", ["child"], "ChildConfig", "engine"),
