@@ -283,11 +283,12 @@ def run(cfg: BundleConfig, timer: cli.Timer) -> dict:
     try:
         with timer.phase("data"):
             stages: dict = {}
+            work = cfg.work.resolve()
             try:
-                prepared = protocol.prepare_data(cfg.work.resolve(), cfg.data, stages)
+                prepared = protocol.prepare_data(work, cfg.data, stages)
             except FileNotFoundError as exc:
                 raise cli.BadInput(str(exc)) from exc
-            copy_data(prepared, cfg.work.resolve(), bundle / "work")
+            copy_data(prepared, work, bundle / "work")
             from notellm.contracts import POOL, read_table
             pool_full = read_table(prepared.split / "pool", POOL, columns=["note_id"]).num_rows
             pool_size = cfg.pool_size or pool_full

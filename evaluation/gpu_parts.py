@@ -12,11 +12,13 @@ that every part is there and intact, joins them, checks the archive's sha256 and
 A missing or damaged part is refused with its name (:class:`PartError`), so only that part is
 sent again.
 
-Standard library only: this runs first on the host, before any wheel is installed.
+Standard library only (and :mod:`notellm.files`, itself standard library only): this runs first
+on the host, before any wheel is installed.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -25,7 +27,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from notellm.files import atomic_write_text, sha256_file
+from notellm.files import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +78,20 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
-def _check(file: Path, entry: dict, where: str) -> None:
-    """Size and sha256 of one chunk against its manifest entry."""
+def _read_part(file: Path, entry: dict, where: str) -> bytes:
+    """One chunk's bytes, its size and sha256 checked against its manifest entry."""
     name = entry["name"]
     if not file.exists():
         raise PartError(f"{name} is missing ({where}: no {file.name}); send {name} again")
-    if file.stat().st_size != entry["size"]:
-        raise PartError(f"{name} is damaged ({where}: {file.stat().st_size} bytes, manifest {entry['size']}); "
-                        f"send {name} again")
-    digest = sha256_file(file)
+    size = file.stat().st_size
+    if size != entry["size"]:
+        raise PartError(f"{name} is damaged ({where}: {size} bytes, manifest {entry['size']}); send {name} again")
+    data = file.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     if digest != entry["sha256"]:
         raise PartError(f"{name} is damaged ({where}: sha256 {digest[:16]}..., manifest {entry['sha256'][:16]}...); "
                         f"send {name} again")
+    return data
 
 
 def receive(part_dir: Path, store: Path) -> str:
@@ -98,17 +102,14 @@ def receive(part_dir: Path, store: Path) -> str:
     entry = next((p for p in manifest["parts"] if p["name"] == part_dir.name), None)
     if entry is None:
         raise PartError(f"{part_dir}: the manifest lists no part named {part_dir.name!r}")
-    _check(part_dir / entry["file"], entry, f"carried {part_dir}")
+    data = _read_part(part_dir / entry["file"], entry, f"carried {part_dir}")
     parts = store / "parts"
     held = store / MANIFEST
-    if held.exists() and read_manifest(held)["bundle_id"] != manifest["bundle_id"]:
-        log.warning("store %s held bundle %s: emptied for bundle %s", store, read_manifest(held)["bundle_id"],
-                    manifest["bundle_id"])
+    held_id = read_manifest(held)["bundle_id"] if held.exists() else None
+    if held_id is not None and held_id != manifest["bundle_id"]:
+        log.warning("store %s held bundle %s: emptied for bundle %s", store, held_id, manifest["bundle_id"])
         shutil.rmtree(parts, ignore_errors=True)
-    parts.mkdir(parents=True, exist_ok=True)
-    tmp = parts / f".{entry['file']}.tmp-{os.getpid()}"
-    shutil.copyfile(part_dir / entry["file"], tmp)
-    os.replace(tmp, parts / entry["file"])
+    atomic_write_bytes(parts / entry["file"], data)
     atomic_write_text(held, (part_dir / MANIFEST).read_text())
     return entry["name"]
 
@@ -132,15 +133,17 @@ def assemble(store: Path, dest: Path) -> dict:
     if marker.exists() and marker.read_text().strip() == manifest["bundle_id"]:
         log.info("bundle %s already extracted in %s", manifest["bundle_id"], dest)
         return manifest
-    for p in manifest["parts"]:
-        _check(store / "parts" / p["file"], p, f"store {store}")
     archive = store / ARCHIVE
     whole = hashlib.sha256()
-    with open(archive, "wb") as out:
-        for p in manifest["parts"]:
-            data = (store / "parts" / p["file"]).read_bytes()
-            whole.update(data)
-            out.write(data)
+    try:
+        with open(archive, "wb") as out:
+            for p in manifest["parts"]:             # each part read once: checked, hashed, joined
+                data = _read_part(store / "parts" / p["file"], p, f"store {store}")
+                whole.update(data)
+                out.write(data)
+    except PartError:
+        archive.unlink(missing_ok=True)
+        raise
     if whole.hexdigest() != manifest["sha256"]:
         raise PartError(f"the joined archive's sha256 {whole.hexdigest()[:16]}... differs from the manifest's "
                         f"{manifest['sha256'][:16]}...: the parts are from different builds; send every part again")
@@ -165,7 +168,6 @@ def pack(folder: Path, archive: Path, compresslevel: int = 1) -> None:
         info.mtime = 0
         return info
 
-    import gzip
     with open(archive, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel,
                                                   mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         tar.add(folder, arcname="bundle", recursive=False, filter=clean)

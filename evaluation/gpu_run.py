@@ -50,10 +50,6 @@ ESTIMATE_S = {"backbone": 20, "gpu_tests": 40, "context": 10, "bm25": 15, "minil
               "minilm_ft": 35, "notellm": 140, "notellm_no_csft": 135, "report": 30}
 
 
-def _parts_error(exc: gpu_parts.PartError) -> cli.BadInput:
-    return cli.BadInput(str(exc))
-
-
 # ------------------------------------------------------------------ receive / prepare
 @dataclasses.dataclass
 class ReceiveConfig:
@@ -74,7 +70,7 @@ def receive(cfg: ReceiveConfig, timer: cli.Timer) -> dict:
                 got.append(gpu_parts.receive(cfg.bundle / name, cfg.store))
         held = gpu_parts.status(cfg.store)
     except gpu_parts.PartError as exc:
-        raise _parts_error(exc) from exc
+        raise cli.BadInput(str(exc)) from exc
     log.info("received %s; the store holds %s, still missing %s", got or "nothing", held["have"], held["missing"])
     return {"received": got, **held}
 
@@ -93,7 +89,7 @@ def prepare(cfg: PrepareConfig, timer: cli.Timer) -> dict:
         with timer.phase("assemble"):
             manifest = gpu_parts.assemble(cfg.store, bundle)
     except gpu_parts.PartError as exc:
-        raise _parts_error(exc) from exc
+        raise cli.BadInput(str(exc)) from exc
     wheels = sorted((bundle / "wheels").glob("*.whl"))
     if cfg.install and wheels:
         with timer.phase("wheels"):
@@ -162,9 +158,8 @@ class Phases:
             log.exception("[%s] failed; the run goes on without it", name)
         finally:
             row["s"] = round(time.perf_counter() - t, 1)
-            spent = time.perf_counter() - self.t0
             log.info("[%s] %.1f s (estimate %s s); %.0f s of the %.0f s budget spent", name, row["s"],
-                     row["estimate_s"], spent, self.budget_s)
+                     row["estimate_s"], self.elapsed(), self.budget_s)
 
 
 def run_gpu_tests(paths: str, log_file: Path) -> dict:
@@ -243,8 +238,7 @@ def run(cfg: RunConfig, timer: cli.Timer) -> dict:
     systems, cache = gpu_systems.device_systems(device), SystemCache(ctx.work / "systems")
     names, computed = ctx.cfg.system_names(), {}
     for name in sorted(names, key=lambda n: PRIORITY.index(n) if n in PRIORITY else len(PRIORITY)):
-        need = phases.took("notellm") if name.startswith("notellm") and phases.took("notellm") else \
-            ESTIMATE_S.get(name, 60)
+        need = (name.startswith("notellm") and phases.took("notellm")) or ESTIMATE_S.get(name, 60)
         left = cfg.deadline_s - phases.elapsed() - ESTIMATE_S["report"]
         if need > left:
             phases.skip(name, f"needs about {need:.0f} s, {left:.0f} s left before the {cfg.deadline_s:.0f} s deadline")
@@ -259,7 +253,7 @@ def run(cfg: RunConfig, timer: cli.Timer) -> dict:
             computed[name] = hit
     per_system = {n: computed[n] for n in names if n in computed}      # the report's order
     with phases("report"):
-        results = assemble_results(ctx, per_system, stages, time.perf_counter() - phases.t0)
+        results = assemble_results(ctx, per_system, stages, phases.elapsed())
         failed = {r["phase"]: r["error"] for r in phases.rows if r.get("status") in ("failed", "skipped")}
         block = {"bundle_id": manifest["bundle_id"], "environment": env, "epoch": epoch, "gpu_tests": tests,
                  "phases": phases.rows, "failed": failed, "minilm": contents["minilm"],

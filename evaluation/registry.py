@@ -52,6 +52,9 @@ class System:
     uses_backbone: ClassVar[bool] = False  # the LLM backbone of --backbone
     generates: ClassVar[bool] = False      # category and hashtag generation
 
+    def __init__(self, device: str = "cpu"):
+        self.device = device               # where its model lives (the GPU run: evaluation.gpu_systems)
+
     def cache_key(self, ctx: Context) -> dict:
         cfg = ctx.cfg
         key = {"system": self.key, "test_set": ctx.fingerprint, "seed": cfg.seed,
@@ -109,7 +112,7 @@ class MiniLM(System):
     key, label = "minilm", "all-MiniLM-L6-v2 zero-shot (SentenceBERT)"
 
     def fit(self, ctx):
-        return Fitted(systems.load_minilm())
+        return Fitted(systems.load_minilm(device=self.device))
 
     def scores(self, fitted, ctx):
         return _timed(lambda: systems.cosine_scores(systems.minilm_embed(fitted.model, ctx.pool_notes)))
@@ -122,8 +125,8 @@ class MiniLMFineTuned(MiniLM):
         return {**super().cache_key(ctx), "batching": runs.MINILM_BATCHING}
 
     def fit(self, ctx):
-        model_dir, ft = runs.minilm_finetuned(ctx.prepared, ctx.notes_all, ctx.work, ctx.cfg)
-        return Fitted(systems.load_minilm(model_dir), ft)
+        model_dir, ft = runs.minilm_finetuned(ctx.prepared, ctx.notes_all, ctx.work, ctx.cfg, self.device)
+        return Fitted(systems.load_minilm(model_dir, self.device), ft)
 
 
 class SmolLMPromptEOL(System):
@@ -149,7 +152,7 @@ class NoteLLMSystem(System):
         from notellm.encoder import NoteEncoder
         run_dir, tr = runs.train_notellm(self.key, self.variant, ctx.prepared, ctx.work, ctx.cfg,
                                          self.generative_loss)
-        return Fitted(NoteEncoder.load(run_dir / "model"), tr)
+        return Fitted(NoteEncoder.load(run_dir / "model").to(self.device), tr)
 
     def scores(self, fitted, ctx):
         return _timed(lambda: systems.cosine_scores(fitted.model.embed_notes(ctx.pool_notes, batch_size=16)))

@@ -64,7 +64,8 @@ def read_loss_curve(path: Path, generative_loss: bool = True) -> dict:
     return curve
 
 
-def minilm_finetuned(prepared: protocol.PreparedData, notes_all: dict, work: Path, cfg) -> tuple[Path, dict]:
+def minilm_finetuned(prepared: protocol.PreparedData, notes_all: dict, work: Path, cfg,
+                     device: str = "cpu") -> tuple[Path, dict]:
     """Fine-tune (or reuse) MiniLM on the training pairs; the model does not depend on the test set."""
     ft_key = {"steps": cfg.steps, "batch_pairs": cfg.batch_pairs, "seed": cfg.seed,
               "train_pairs": protocol.data_digest(prepared.train_pairs), "batching": MINILM_BATCHING}
@@ -72,6 +73,6 @@ def minilm_finetuned(prepared: protocol.PreparedData, notes_all: dict, work: Pat
     if (model_dir / "finetune.json").exists():
         return model_dir, json.loads((model_dir / "finetune.json").read_text())
     ft = systems.minilm_finetune(protocol.read_train_pairs(prepared), notes_all, model_dir, cfg.steps,
-                                 cfg.batch_pairs, seed=cfg.seed)
+                                 cfg.batch_pairs, seed=cfg.seed, device=device)
     atomic_write_json(model_dir / "finetune.json", ft, indent=None)
     return model_dir, ft

@@ -61,11 +61,20 @@ def bm25_scores(pool_notes: Sequence[Mapping]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ MiniLM
-def load_minilm(model_dir: str | Path | None = None):
+def load_minilm(model_dir: str | Path | None = None, device: str = "cpu"):
+    """A sentence-transformers model on ``device`` in fp32 (the GPU bundle's fp16 copy too), whose
+    ``preprocess`` puts its tensors on that device (:func:`minilm_finetune` calls it directly)."""
     from sentence_transformers import SentenceTransformer
 
     from notellm.backbone import minilm_dir
-    return SentenceTransformer(str(model_dir or minilm_dir()), device="cpu")
+    model = SentenceTransformer(str(model_dir or minilm_dir()), device=device).float()
+    plain = model.preprocess
+
+    def preprocess(*args, **kwargs):
+        return {k: v.to(device) if hasattr(v, "to") else v for k, v in plain(*args, **kwargs).items()}
+
+    model.preprocess = preprocess
+    return model
 
 
 def minilm_embed(model, pool_notes: Sequence[Mapping], batch_size: int = 64) -> np.ndarray:
@@ -75,7 +84,7 @@ def minilm_embed(model, pool_notes: Sequence[Mapping], batch_size: int = 64) -> 
 
 def minilm_finetune(train_pairs: Sequence[tuple[str, str]], notes: Mapping[str, Mapping], out_dir: Path,
                     steps: int, batch_pairs: int, lr: float = 2e-5, warmup_fraction: float = 0.1,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, device: str = "cpu") -> dict:
     """Fine-tune MiniLM with in-batch negatives (MultipleNegativesRankingLoss).
 
     Symmetric over the 2B notes of a batch, like NoteLLM's contrastive loss:
@@ -90,7 +99,7 @@ def minilm_finetune(train_pairs: Sequence[tuple[str, str]], notes: Mapping[str, 
     import torch
     from sentence_transformers.losses import MultipleNegativesRankingLoss
     torch.manual_seed(seed)
-    model = load_minilm()
+    model = load_minilm(device=device)
     model.train()
     loss_fn = MultipleNegativesRankingLoss(
         model, directions=("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"), partition_mode="joint")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation import gpu_bundle, gpu_parts, gpu_run, gpu_systems
+from evaluation import gpu_bundle, gpu_parts, gpu_run
 from evaluation.gpu_dry import fixture_notes, write_fixture
 from notellm import cli
 from tests.support.paths import REPO
@@ -202,10 +202,9 @@ def test_minilm_fine_tunes_on_cuda(tmp_path):
 
     notes = {n["note_id"]: n for n in fixture_notes()}
     pairs = [(f"{c}:{i}", f"{c}:{i + 4}") for c in ("beer", "coffee", "bicycles") for i in range(6)]
-    with gpu_systems.minilm_on("cuda"):
-        ft = systems.minilm_finetune(pairs, notes, tmp_path / "ft", steps=2, batch_pairs=4)
+    ft = systems.minilm_finetune(pairs, notes, tmp_path / "ft", steps=2, batch_pairs=4, device="cuda")
     assert all(math.isfinite(v) for v in ft["loss_curve"]["l_cl"])
-    model = gpu_systems.load_minilm_on("cuda", tmp_path / "ft")
+    model = systems.load_minilm(tmp_path / "ft", device="cuda")
     vectors = systems.minilm_embed(model, list(notes.values())[:8])
     assert vectors.shape == (8, 384) and np.isfinite(vectors).all()
 

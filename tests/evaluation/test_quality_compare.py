@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from evaluation import protocol, scoring, systems
-from notellm.contracts import EVENTS, NOTES, PAIRS, POOL, RELATED_LINKS, mark_success, write_table
+from evaluation.gpu_dry import TOPICS, write_fixture
 
 
 # ------------------------------------------------------------------ ranking
@@ -84,74 +82,15 @@ def test_minilm_batches_never_repeat_a_note():
 
 
 # ------------------------------------------------------------------ a tiny prepared dataset
-UTC = timezone.utc
-TOPICS = {"beer": ["hops", "lager", "stout", "yeast"], "coffee": ["espresso", "roast", "grinder", "milk"],
-          "bicycles": ["chain", "tyre", "brake", "gears"]}
-
-
-def make_prepared(root: Path, seed: int = 0) -> None:
-    """The data-stage outputs the harness consumes, written through the contracts (as the real
-    adapter, Spark job and split job would leave them): 3 sites x 20 questions, events in both
-    windows, PostLinks, mined pairs, and a split whose test notes are disjoint from train notes."""
-    rng = random.Random(seed)
-    notes = []
-    for cat, words in TOPICS.items():
-        for i in range(20):
-            w = words[i % 4]
-            created = datetime(2014, 1, 1, tzinfo=UTC) + timedelta(days=i) if i < 10 else \
-                datetime(2017, 1, 1, tzinfo=UTC) + timedelta(days=i)
-            notes.append({"note_id": f"{cat}:{i}", "title": f"How do I choose {w} number {i}?",
-                          "content": f"A question about {w} and {cat}, asked on day {i}. " * 2,
-                          "hashtags": [w, cat], "category": cat, "created_at": created})
-    se = root / "se"
-    write_table(pa.Table.from_pylist(notes, schema=NOTES.arrow_schema), se / "notes" / "notes.parquet", NOTES)
-    events = {}
-    for n in notes:
-        for k in range(rng.randint(1, 6)):
-            t = n["created_at"] + timedelta(hours=k)
-            events.setdefault(t.date(), []).append({"user_id": f"u{rng.randint(0, 9)}", "note_id": n["note_id"],
-                                                    "event_type": "answer", "event_time": t})
-    for day, rows in events.items():
-        write_table(pa.Table.from_pylist(rows, schema=EVENTS.arrow_schema),
-                    se / "events" / f"dt={day.isoformat()}" / "part-0.parquet", EVENTS)
-    links = [{"src_note_id": f"{c}:{i}", "dst_note_id": f"{c}:{i + 4}", "link_type": "linked", "created_at": None}
-             for c in TOPICS for i in (10, 11, 12)]
-    write_table(pa.Table.from_pylist(links, schema=RELATED_LINKS.arrow_schema),
-                se / "related_links" / "related_links.parquet", RELATED_LINKS)
-    mark_success(se, {"notes": len(notes), "events": sum(map(len, events.values()))})
-
-    def pairs_table(ids):
-        rows = []
-        for c in TOPICS:
-            for i in ids:
-                for j in ids:
-                    if i != j and (i - j) % 4 == 0:
-                        rows.append({"src_note_id": f"{c}:{i}", "dst_note_id": f"{c}:{j}", "score": 1.0,
-                                     "n_users": 1, "rank": 1, "window_start": date(2009, 10, 1),
-                                     "window_end": date(2015, 12, 31)})
-        return pa.Table.from_pylist(rows, schema=PAIRS.arrow_schema)
-
-    train, test = pairs_table(range(10)), pairs_table(range(10, 20))
-    for day, tbl in ((protocol.TRAIN_RUN_DATE, train), (protocol.TEST_RUN_DATE, test)):
-        write_table(tbl, root / "pairs" / f"dt={day}" / "pairs.parquet", PAIRS)
-        mark_success(root / "pairs" / f"dt={day}", {"pairs_written": tbl.num_rows})
-    split = root / "split"
-    write_table(train, split / "train_pairs" / "pairs.parquet", PAIRS)
-    mark_success(split / "train_pairs", {"rows": train.num_rows})
-    write_table(test, split / "test_pairs" / "pairs.parquet", PAIRS)
-    mark_success(split / "test_pairs", {"rows": test.num_rows})
-    pool = [n["note_id"] for n in notes if n["created_at"].year >= 2016]
-    write_table(pa.Table.from_pylist([{"note_id": p} for p in pool], schema=POOL.arrow_schema),
-                split / "pool" / "pool.parquet", POOL)
-    mark_success(split / "pool", {"notes": len(pool)})
-    mark_success(split, {"counts": {"train_pairs": train.num_rows, "train_notes": 30, "pool_notes": len(pool)}})
+# evaluation.gpu_dry.write_fixture: the data-stage outputs the harness consumes, written through the
+# contracts (3 sites x 20 questions, events in both windows, PostLinks, mined pairs, and a split whose
+# test notes are disjoint from train notes); the GPU run's dry mode uses the same fixture.
 
 
 @pytest.fixture(scope="module")
 def prepared_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("quality")
-    make_prepared(root)
-    return root
+    return write_fixture(root)
 
 
 def test_eval_set_protocol(prepared_root, tmp_path):
