@@ -74,7 +74,7 @@ _INDEX, _GATE = defaults(IndexConfig), defaults(GateConfig)
 def notellm_nightly_index():
     @task(execution_timeout=pendulum.duration(hours=6))
     def embed_notes(params=None) -> dict:
-        from notellm_common import last_json_line, paths, python, run_stage
+        from notellm_common import last_json_line, paths, python, run_stage, torchrun_launcher
 
         p = paths()
         args = ["-m", "indexing.cli", "embed", "--models-root", str(p["models"]), "--notes", str(p["notes"]),
@@ -82,9 +82,8 @@ def notellm_nightly_index():
                 "--incremental" if params["incremental"] else "--no-incremental"]
         gpus = params["embed_gpus_per_node"]
         if gpus > 0:
-            launcher = [python(), "-m", "torch.distributed.run", "--nnodes", str(params["embed_nodes"]),
-                        "--nproc-per-node", str(gpus), "--rdzv-backend", "c10d",
-                        "--rdzv-endpoint", params["rdzv_endpoint"], "--rdzv-id", "notellm-embed"]
+            launcher = torchrun_launcher(python(), params["embed_nodes"], gpus, "notellm-embed",
+                                         params["rdzv_endpoint"])
             return last_json_line(run_stage(launcher + args))
         return last_json_line(run_stage([python(), *args]))
 

@@ -137,16 +137,13 @@ def evaluate_command(python: str, params: dict, model_dir: str, split: dict, p: 
 
 def write_launch(run_dir: Path, cmd: list[str], params: dict) -> Path:
     """``<run_dir>/launch.json``: the exact command every node of a multi-node run starts."""
-    import json
-    import os
+    from notellm.files import atomic_write_json
 
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "launch.json"
-    tmp = run_dir / f".launch.json.{os.getpid()}"
-    tmp.write_text(json.dumps({"argv": cmd, "nodes": params["nodes"], "gpus_per_node": params["gpus_per_node"],
-                               "world_size": world_size(params), "rdzv_endpoint": cmd[cmd.index("--rdzv-endpoint") + 1],
-                               "rdzv_id": cmd[cmd.index("--rdzv-id") + 1]}, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, {"argv": cmd, "nodes": params["nodes"], "gpus_per_node": params["gpus_per_node"],
+                             "world_size": world_size(params), "rdzv_endpoint": cmd[cmd.index("--rdzv-endpoint") + 1],
+                             "rdzv_id": cmd[cmd.index("--rdzv-id") + 1]})
     return path
 
 

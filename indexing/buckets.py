@@ -25,11 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from notellm.contracts import NOTES, Contract, ContractError, validate_schema, validate_table
+from notellm.embedding_store import FNV_OFFSET, FNV_PRIME, HASH_NAME  # noqa: F401 - the store contract's hash
 from notellm.prompts import PromptConfig, note_fingerprint
 
-HASH_NAME = "fnv1a64-utf8"
-FNV_OFFSET = 0xCBF29CE484222325
-FNV_PRIME = 0x100000001B3
 NOTE_COLUMNS = ("note_id", "title", "content", "hashtags")
 READ_BATCH_ROWS = 65_536
 AUTO_ROWS_PER_BUCKET = 65_536

@@ -22,6 +22,9 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # The paper's GCL / CSFT defaults (Sec. 4), also the defaults of training/loss.py and training/model.py.
 DEFAULT_TAU_INIT = 3.0
 DEFAULT_ALPHA = 0.01
+# Shared by TrainConfig and PrepareConfig: a prepared folder is made for the run's batches.
+DEFAULT_BATCH_PAIRS = 16
+DEFAULT_MAX_MISSING_FRACTION = 0.05
 
 
 @dataclasses.dataclass
@@ -32,7 +35,8 @@ class TrainConfig:
     pairs: str = option(help="a PAIRS partition dir <pairs_root>/dt=YYYY-MM-DD (needs _SUCCESS)")
     notes: str = option(help="NOTES file or its root (<root>/notes/notes.parquet)")
     output_dir: str = option(help="run directory: model/, checkpoints/, train_log.jsonl, metrics.json")
-    max_missing_fraction: float = option(0.05, help="refuse the data when more pairs than this reference unknown notes")
+    max_missing_fraction: float = option(DEFAULT_MAX_MISSING_FRACTION,
+                                         help="refuse the data when more pairs than this reference unknown notes")
     # model
     backbone: str = option("smollm2", help="'smollm2' (the shipped GGUF) or a Hugging Face causal-LM directory")
     dim: int = option(128, help="embedding dimension of the projection after the [EMB] state")
@@ -60,8 +64,9 @@ class TrainConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         help="module names (suffixes) that get adapters (comma list)")
     # optimisation
-    batch_pairs: int = option(16, help="B related pairs = 2B notes per global batch, over all ranks together "
-                                       "(each of W ranks holds B / W pairs; the negatives span all 2B notes)")
+    batch_pairs: int = option(DEFAULT_BATCH_PAIRS,
+                              help="B related pairs = 2B notes per global batch, over all ranks together (each of W "
+                                   "ranks holds B / W pairs; the negatives span all 2B notes)")
     lr: float = option(3e-5, help="peak learning rate (AdamW)")
     weight_decay: float = option(0.0, help="AdamW weight decay (not applied to norms, biases, tau)")
     warmup_steps: int = option(0, help="linear warm-up steps, then linear decay to 0")
@@ -134,11 +139,12 @@ class PrepareConfig:
     pairs: str = option(help="a PAIRS partition dir <pairs_root>/dt=YYYY-MM-DD (needs _SUCCESS)")
     notes: str = option(help="NOTES file or its root (<root>/notes/notes.parquet)")
     out: str = option(help="the prepared folder (reused when made from the same inputs and settings, else rebuilt)")
-    batch_pairs: int = option(16, help="B related pairs per global batch (the trainer's batch_pairs)")
-    seed: int = option(0, help="seed of the batch plans (the trainer's seed)")
-    epochs: float = option(1.0, help="plans for ceil(epochs) epochs (the trainer's epochs)")
+    batch_pairs: int = option(DEFAULT_BATCH_PAIRS, help="B related pairs per global batch (the trainer's batch_pairs)")
+    seed: int = option(TrainConfig.seed, help="seed of the batch plans (the trainer's seed)")
+    epochs: float = option(TrainConfig.epochs, help="plans for ceil(epochs) epochs (the trainer's epochs)")
     max_steps: int | None = option(None, help="plans for as many epochs as these steps reach; wins over epochs")
-    max_missing_fraction: float = option(0.05, help="refuse the data when more pairs than this reference unknown notes")
+    max_missing_fraction: float = option(DEFAULT_MAX_MISSING_FRACTION,
+                                         help="refuse the data when more pairs than this reference unknown notes")
 
     def validate(self) -> None:
         if self.batch_pairs < 1:

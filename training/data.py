@@ -114,6 +114,16 @@ def clean_pairs(pairs: Sequence[tuple[str, str]], notes: Mapping[str, Mapping]
     return kept, report
 
 
+def refuse_missing(report: PairReport, max_missing_fraction: float, pairs_dir, notes_file) -> None:
+    """ContractError when more than ``max_missing_fraction`` of the pairs reference notes absent
+    from the notes table (a sign the two inputs do not belong together)."""
+    if report.pairs_read and report.missing_note_pairs / report.pairs_read > max_missing_fraction:
+        raise ContractError(str(pairs_dir), "src_note_id/dst_note_id",
+                            f"{report.missing_note_pairs} of {report.pairs_read} pairs reference notes missing from "
+                            f"{notes_path(notes_file)} (more than {max_missing_fraction:.0%}); e.g. "
+                            f"{report.missing_note_examples[:5]}")
+
+
 def load_training_pairs(pairs_dir, notes_file, max_missing_fraction: float = 0.05
                         ) -> tuple[list[tuple[str, str]], dict[str, dict], PairReport]:
     """Pairs + the notes they use, with the reconciliation report.
@@ -127,11 +137,7 @@ def load_training_pairs(pairs_dir, notes_file, max_missing_fraction: float = 0.0
     pairs, report = clean_pairs(raw, notes)
     report.window_start, report.window_end = meta.get("window_start"), meta.get("window_end")
     report.partition_stats = meta["stats"]
-    if report.pairs_read and report.missing_note_pairs / report.pairs_read > max_missing_fraction:
-        raise ContractError(str(pairs_dir), "src_note_id/dst_note_id",
-                            f"{report.missing_note_pairs} of {report.pairs_read} pairs reference notes missing from "
-                            f"{notes_path(notes_file)} (more than {max_missing_fraction:.0%}); e.g. "
-                            f"{report.missing_note_examples[:5]}")
+    refuse_missing(report, max_missing_fraction, pairs_dir, notes_file)
     used = {n for pair in pairs for n in pair}
     return pairs, {k: v for k, v in notes.items() if k in used}, report
 

@@ -112,13 +112,14 @@ def apply_lora(encoder, r: int, alpha: float, dropout: float = 0.0,
 
     emb_id = int(encoder.config.emb_token_id)
     weight = encoder.lm.get_input_embeddings().weight
-    if not 0 <= emb_id < weight.shape[0]:
-        raise ValueError(f"[EMB] id {emb_id} outside the input embedding ({weight.shape[0]} rows)")
+    shape = getattr(weight, "ds_shape", weight.shape)   # a ZeRO-3 partition's data is empty
+    if not 0 <= emb_id < shape[0]:
+        raise ValueError(f"[EMB] id {emb_id} outside the input embedding ({shape[0]} rows)")
     rows = torch.tensor([emb_id], dtype=torch.long)
     weight.requires_grad_(True)
     weight.register_hook(_row_mask_hook(rows))
     setattr(weight, _MASKED_ATTR, rows)
-    return {"trainable": _count(full) + len(rows) * weight.shape[1],
+    return {"trainable": _count(full) + len(rows) * shape[1],
             "total": _count(encoder.parameters())}
 
 

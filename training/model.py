@@ -37,6 +37,18 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def output_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """Output tokens of a batch: positions whose next token is a label (fp32 scalar)."""
+    return (labels[:, 1:] != -100).sum().to(torch.float32)
+
+
+def gen_loss_share(gen_loss: torch.Tensor, labels: torch.Tensor, tokens_global) -> torch.Tensor:
+    """These rows' share of the global token-mean L_gen: mean CE over their output tokens x
+    their tokens / all ranks' tokens (0 when no rank has an output token)."""
+    total = float(tokens_global)
+    return gen_loss.float() * output_tokens(labels) / total if total > 0 else gen_loss.float() * 0.0
+
+
 @dataclasses.dataclass
 class TrainOutput:
     loss: torch.Tensor         # tensor to backpropagate (W * CSFT loss, see module docstring)
@@ -78,9 +90,7 @@ class NoteLLMTrainModel(nn.Module):
 
     def _chunk_surrogate(self, input_ids, attention_mask, emb_index, labels, emb_grad, tau_grad, tokens_global):
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, emb_index=emb_index, labels=labels)
-        n_tok = (labels[:, 1:] != -100).sum().to(torch.float32)
-        total_tokens = float(tokens_global)
-        gen_share = out.gen_loss.float() * n_tok / total_tokens if total_tokens > 0 else out.gen_loss.float() * 0.0
+        gen_share = gen_loss_share(out.gen_loss, labels, tokens_global)
         contrastive = (out.embeddings.float() * emb_grad.to(out.embeddings.device).float()).sum()
         surrogate = world_size() * (contrastive + self.alpha / (1.0 + self.alpha) * gen_share)
         surrogate = surrogate + (self.tau[0] * tau_grad.to(self.tau.device)[0].float())
@@ -100,12 +110,7 @@ class NoteLLMTrainModel(nn.Module):
         l_cl = global_gcl_loss(emb_a, emb_b, tau)
 
         # Generation loss as this rank's share of the global token mean.
-        n_tok_local = (labels[:, 1:] != -100).sum().to(torch.float32)
-        n_tok_global = all_reduce_sum(n_tok_local.detach())
-        if n_tok_global.item() > 0:
-            gen_share = out.gen_loss.float() * n_tok_local / n_tok_global
-        else:
-            gen_share = out.gen_loss.float() * 0.0
+        gen_share = gen_loss_share(out.gen_loss, labels, all_reduce_sum(output_tokens(labels)))
         l_gen = all_reduce_sum(gen_share.detach())
 
         backprop = w * combined_loss(l_cl, gen_share, self.alpha)

@@ -43,7 +43,7 @@ from notellm.faults import fault_point
 from notellm.files import atomic_path, atomic_write_json, fsync_file, sha256_file
 from notellm.locking import locked, remove_dead_temps, replace_dir, temp_name
 from training.config import PrepareConfig
-from training.data import PairReport, notes_path
+from training.data import PairReport, notes_path, refuse_missing
 from training.epoch_plan import index_dtype, plan_epoch_indices
 from training.prepared import (
     FORMAT,
@@ -58,8 +58,6 @@ from training.prepared import (
     identity,
     parquet_files,
     plan_file,
-    read_manifest,
-    refuse_missing,
 )
 
 log = logging.getLogger(__name__)
@@ -213,10 +211,15 @@ def _write_notes(files: list[Path], rows: np.ndarray, path: Path) -> list[str]:
     return sorted(categories)
 
 
+def _file_entry(path: Path) -> dict:
+    """A file's manifest entry: its size (checked on every open) and sha256."""
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
 def _save(folder: Path, name: str, array: np.ndarray) -> dict:
     with atomic_path(folder / name) as tmp, open(tmp, "wb") as fh:
         np.save(fh, array)
-    return {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
+    return _file_entry(folder / name)
 
 
 def _plans(folder: Path, pairs: np.ndarray, n_notes: int, cfg: PrepareConfig, have: list[dict],
@@ -277,10 +280,10 @@ def build(cfg: PrepareConfig, ident: dict, staged: Path) -> dict:
     del used_note, dense
     staged.mkdir(parents=True)
     categories = _write_notes(note_files, rows, staged / NOTES_FILE)
-    files = {NOTES_FILE: {"bytes": (staged / NOTES_FILE).stat().st_size, "sha256": sha256_file(staged / NOTES_FILE)}}
+    files = {NOTES_FILE: _file_entry(staged / NOTES_FILE)}
     files[PAIRS_FILE] = _save(staged, PAIRS_FILE, pairs)
     atomic_write_json(staged / REPORT_FILE, report.__dict__)
-    files[REPORT_FILE] = {"bytes": (staged / REPORT_FILE).stat().st_size, "sha256": sha256_file(staged / REPORT_FILE)}
+    files[REPORT_FILE] = _file_entry(staged / REPORT_FILE)
     plans = _plans(staged, pairs, len(rows), cfg, [], files)
     manifest = {"kind": KIND, "format": FORMAT, "identity": ident, "pairs_used": len(pairs), "notes_used": len(rows),
                 "categories": categories, "plans": plans, "files": files,
@@ -304,8 +307,8 @@ def prepare(cfg: PrepareConfig) -> dict:
         remove_dead_temps(out.parent, out.name)
         if (out / MANIFEST).is_file():
             try:
-                manifest = read_manifest(out)
                 data = PreparedData(out)
+                manifest = data.manifest
                 data.check(ident)
             except (cli.BadInput, KeyError, TypeError, ValueError, OSError) as exc:   # other data, or damaged
                 log.info("rebuilding %s: %s", out, exc)

@@ -25,11 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from notellm import cli
+from notellm import cli, storage
 from notellm.contracts import STATS_FILE, ContractError
 from notellm.files import sha256_file
 from training.config import PrepareConfig, TrainConfig
-from training.data import Example, PairReport, assign_tasks, notes_path
+from training.data import Example, PairReport, assign_tasks, notes_path, refuse_missing
 from training.epoch_plan import plan_epoch_indices
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ NOTES_FILE = "notes.arrow"
 PAIRS_FILE = "pairs.npy"
 REPORT_FILE = "data_report.json"
 NOTE_COLUMNS = ("note_id", "title", "content", "hashtags", "category")
-HIDDEN = (".", "_")   # not data, as for every Parquet dataset reader (markers, staging, temp files)
 
 
 def plan_file(epoch: int) -> str:
@@ -59,11 +58,8 @@ def parquet_files(path: str | os.PathLike) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise ContractError(str(path), None, "does not exist")
-    files = []
-    for top, dirs, names in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.startswith(HIDDEN)]
-        files += [Path(top) / n for n in names if not n.startswith(HIDDEN)]
-    files.sort(key=str)
+    root = os.path.abspath(path)
+    files = [path / os.path.relpath(entry.uri, root) for entry in storage.LOCAL.list_files(root)]
     if not files:
         raise ContractError(str(path), None, "holds no Parquet file")
     return files
@@ -246,15 +242,6 @@ class PreparedData:
 
 
 # ---------------------------------------------------------------- the trainer's entry
-
-
-def refuse_missing(report: PairReport, max_missing_fraction: float, pairs, notes) -> None:
-    """The refusal of training.data.load_training_pairs: too many pairs name notes the notes lack."""
-    if report.pairs_read and report.missing_note_pairs / report.pairs_read > max_missing_fraction:
-        raise ContractError(str(pairs), "src_note_id/dst_note_id",
-                            f"{report.missing_note_pairs} of {report.pairs_read} pairs reference notes missing from "
-                            f"{notes_path(notes)} (more than {max_missing_fraction:.0%}); e.g. "
-                            f"{report.missing_note_examples[:5]}")
 
 
 def config_for(train: TrainConfig, out: Path) -> PrepareConfig:

@@ -32,6 +32,7 @@ from training.loss import combined_loss, gather_with_local_grad
 from training.model import (
     NoteLLMTrainModel,
     all_reduce_sum,
+    output_tokens,
     parameter_groups,
     train_only_top_layers,
     unwrap_encoder_state,
@@ -267,7 +268,7 @@ class Trainer:
         rng = RngStates()
         emb, tau = embed_without_graph(self.engine, batch, chunks, rng)
         cache = cached_loss(emb, tau, model.alpha)
-        tokens_global = all_reduce_sum((batch["labels"][:, 1:] != -100).sum().to(torch.float32))
+        tokens_global = all_reduce_sum(output_tokens(batch["labels"]))
         losses: dict = {"l_cl": cache.l_cl.item(), "tau": float(tau.float().item())}
         n_tokens: list[float] = []
 
@@ -358,9 +359,9 @@ class Trainer:
             categories = self.data.categories
             state = unwrap_encoder_state(full_state)
             if cfg.lora_r:   # indexing loads a plain model directory: W + (alpha / r) B A
-                from training.lora import merge_lora_state_dict
+                from training.lora import lora_scale, merge_lora_state_dict
 
-                state = merge_lora_state_dict(state, cfg.lora_alpha / cfg.lora_r)
+                state = merge_lora_state_dict(state, lora_scale(self.encoder))
             self.encoder.save(self.out_dir / "model", state_dict=state, tau=tau,
                               data_window={"start": self.report.window_start, "end": self.report.window_end},
                               extra={"seed": cfg.seed, "categories": categories, "train_steps": self.steps,
